@@ -1,0 +1,142 @@
+"""Typed configs: one flat dataclass per recipe, YAML presets, command-line overrides.
+
+Every recipe config subclasses `TrainConfig`, so the common flags (`--max_steps`, `--output_dir`, ...)
+are the same everywhere. jsonargparse does the parsing and type checking; this module only turns its
+multi-line errors into the one-line errors the recipes promise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+from jsonargparse import ArgumentError as _JsonArgumentError
+
+from fmkit.errors import ConfigError
+
+C = TypeVar("C", bound="TrainConfig")
+
+# Field docstrings below become the --help text.
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+
+@dataclass
+class TrainConfig:
+    """Options shared by every recipe: the loop, the optimizer, logging, checkpoints and export."""
+
+    output_dir: str = "runs/default"
+    """Folder for the final model, config.yaml, metrics.jsonl, TensorBoard logs and checkpoints/."""
+    overwrite_output_dir: bool = False
+    """Start a new run in an output_dir that already holds one (its checkpoints are replaced)."""
+    seed: int = 42
+    max_steps: int = 1000
+    """Optimizer steps to train for; the learning-rate schedule spans exactly these."""
+    per_device_batch_size: int = 32
+    """Samples per process per micro-batch; the global batch is this x processes x accumulation."""
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    """Applied to matrices only: biases and normalisation weights are never decayed."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 100
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this; 0 turns clipping off."""
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    """auto: bf16 on GPUs that support it, fp32 elsewhere (bf16 is ~100x slower on most CPUs)."""
+    torch_compile: bool = False
+    num_workers: int = 0
+    """Data-loader worker processes per rank (0 loads in the training process)."""
+    log_every: int = 10
+    eval_every: int = 200
+    """Evaluate every N steps and at the end; 0 evaluates only at the end."""
+    eval_batches: int = 0
+    """Cap on evaluation batches per process; 0 uses the whole held-out split."""
+    save_every: int = 500
+    """Write a resumable checkpoint every N steps; 0 turns checkpoints off."""
+    save_total_limit: int = 2
+    """Keep this many most recent checkpoints."""
+    resume_from_checkpoint: str | None = None
+    """'latest' or a path to checkpoints/step_N: continue that run exactly."""
+    report_to: str = "tensorboard"
+    """Comma-separated Accelerate trackers (tensorboard, wandb, ...) or 'none'."""
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    """Repository on the Hub, e.g. user/my-model. The token comes from HF_TOKEN or `hf auth login`."""
+    hub_private: bool = False
+
+    def validate(self) -> None:
+        """Catch impossible settings before any work starts."""
+        for name in ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} {getattr(self, name)}: expected a positive integer")
+        for name in ("eval_every", "save_every", "eval_batches", "warmup_steps", "num_workers", "save_total_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} {getattr(self, name)}: expected 0 or more")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError("push_to_hub needs hub_model_id, e.g. --hub_model_id your-name/model-name")
+
+
+def build_parser(config_cls: type[TrainConfig], prog: str) -> ArgumentParser:
+    parser = ArgumentParser(prog=prog, description=config_cls.__doc__, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML preset; later flags override it.")
+    parser.add_class_arguments(config_cls, as_group=False)
+    return parser
+
+
+def parse_config(
+    config_cls: type[C],
+    argv: list[str] | None = None,
+    default_preset: str | Path | None = None,
+    prog: str | None = None,
+) -> C:
+    """Parse presets and flags into `config_cls`; with no --config, `default_preset` is applied first."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if default_preset is not None and not any(a == "--config" or a.startswith("--config=") for a in argv):
+        argv = ["--config", str(default_preset), *argv]
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--config" and not Path(argv[i + 1]).is_file():
+            raise ConfigError(f"--config {argv[i + 1]}: no such preset file")
+    parser = build_parser(config_cls, prog or Path(sys.argv[0]).name)
+    try:
+        namespace = parser.parse_args(argv)
+    except _JsonArgumentError as error:
+        raise ConfigError(_one_line(str(error), config_cls)) from None
+    values = namespace.as_dict()
+    values.pop("config", None)
+    return config_cls(**values)
+
+
+def _one_line(message: str, config_cls: type[TrainConfig]) -> str:
+    valid = sorted(f.name for f in dataclasses.fields(config_cls))
+    unknown = re.findall(r"--([\w.-]+)", message) if "unrecognized arguments" in message else []
+    unknown += re.findall(r"Option '([\w.-]+)' is not accepted", message)
+    unknown += re.findall(r'Key "([\w.-]+)" is not expected', message)
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, valid, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return f"unknown config key '{key}'{hint} Valid keys: {', '.join(valid)}"
+    flat = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    return flat.replace("Parser key", "config key")
+
+
+def config_to_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config; it holds no secrets (the Hub token is never a config field)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    tmp.replace(path)

@@ -1,0 +1,68 @@
+"""The contract between the shared loop and an objective.
+
+A task builds its model and data, says how big a batch is, computes a summed loss, evaluates and
+exports. It never runs the loop: accumulation, distribution, precision, checkpoints and logging belong
+to fmkit.trainer, and are the same for every task.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from fmkit.config import TrainConfig
+from fmkit.data.loader import Sharding
+from fmkit.hub import ModelCard
+
+
+@dataclass(frozen=True)
+class BatchCount:
+    items: int
+    """How many terms the loss sums over (masked tokens, samples): the loop divides by the global total."""
+    samples: int
+    tokens: int = 0
+    """Real input tokens (padding excluded), for tokens/s; 0 for tasks without tokens."""
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    config_class: ClassVar[type[TrainConfig]]
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    @abstractmethod
+    def setup(self, accelerator) -> nn.Module:
+        """Build tokenizer/processor, data and model (after seeding); return the model to train."""
+
+    @abstractmethod
+    def train_batches(self, start: int, sharding: Sharding) -> Iterator[dict]:
+        """This process's micro-batches, endlessly, from global micro-batch number `start` on."""
+
+    @abstractmethod
+    def count(self, batch: dict) -> BatchCount: ...
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """The loss summed (not averaged) over the batch's `count(batch).items` terms."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, accelerator) -> dict[str, float]:
+        """Held-out metrics; collective (every process takes part), results identical on every process."""
+
+    @abstractmethod
+    def export(self, model: nn.Module, state_dict: dict, output_dir: Path) -> None:
+        """Save the final model (and tokenizer/processor) so plain `from_pretrained(output_dir)` loads it."""
+
+    @abstractmethod
+    def model_card(self, training: dict[str, object], metrics: dict[str, float]) -> ModelCard: ...
+
+    def flops_per_token(self) -> float | None:
+        """Training FLOPs per token for MFU; None where tokens are not the unit of work."""
+        return None

@@ -1,0 +1,262 @@
+"""THE training loop. Every recipe runs `Trainer(task).fit()`; the loop never knows which task it runs.
+
+Accelerate supplies the distribution (DDP, FSDP, DeepSpeed ZeRO, multi-node) and mixed precision. The
+loop adds what makes runs trustworthy at any scale:
+
+* the loss of a step is the sum over all its micro-batches and processes divided by the global number
+  of loss terms, so gradients do not depend on how the batch is split (one all-reduce of 3 numbers);
+* the learning-rate schedule counts optimizer steps, whatever the number of processes;
+* checkpoints restore model, optimizer, scheduler, every rank's RNG and the data position, so a resumed
+  run logs the same losses as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration, send_to_device, set_seed
+from tqdm.auto import tqdm
+
+from fmkit.checkpoint import LoopState, complete_checkpoints, resolve_resume, save_checkpoint
+from fmkit.config import TrainConfig, config_to_dict, save_config
+from fmkit.data.loader import Sharding
+from fmkit.errors import ConfigError
+from fmkit.hub import push_to_hub, write_model_card
+from fmkit.metrics import MetricsLog, Throughput, format_line, peak_flops
+from fmkit.optim import build_optimizer, build_scheduler
+from fmkit.tasks.base import Task
+
+logger = logging.getLogger(__name__)
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    """An Accelerator that also works on machines without GPUs, which Accelerate alone gets wrong.
+
+    On CPU, plain multi-process runs need `cpu=True` to form a gloo group, while DeepSpeed needs
+    `cpu=False` plus an explicit gloo backend, or Accelerate counts one process while DeepSpeed runs two.
+    Accelerate applies FSDP only to GPU process groups, so FSDP on CPU is refused instead of silently
+    running as plain data parallelism.
+    """
+    on_gpu = torch.cuda.is_available()
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if not on_gpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise ConfigError(
+            "FSDP needs GPUs (Accelerate applies it to GPU process groups only); on CPU use DDP or DeepSpeed"
+        )
+    precision = config.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
+    trackers = [t.strip() for t in config.report_to.split(",") if t.strip() and t.strip() != "none"]
+    return Accelerator(
+        cpu=not on_gpu and not deepspeed,
+        mixed_precision=precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=config.output_dir, automatic_checkpoint_naming=False),
+        dynamo_backend="inductor" if config.torch_compile else "no",
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed and not on_gpu else [],
+    )
+
+
+class Trainer:
+    def __init__(self, task: Task):
+        self.task, self.config = task, task.config
+        self.output_dir = Path(self.config.output_dir)
+
+    def fit(self) -> dict[str, float]:
+        config, task = self.config, self.task
+        config.validate()
+        accelerator = make_accelerator(config)
+        resume = self._resume_point(accelerator)
+        set_seed(config.seed)
+        model = task.setup(accelerator)
+        optimizer = build_optimizer(model, config, accelerator.device)
+        scheduler = build_scheduler(optimizer, config)
+        self._configure_deepspeed(accelerator)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        # Dropout should differ across ranks; model init (above) must not. RNG states are checkpointed.
+        set_seed(config.seed + accelerator.process_index)
+        state = LoopState(global_micro_batch=config.per_device_batch_size * accelerator.num_processes)
+        accelerator.register_for_checkpointing(scheduler, state)
+        if resume is not None:
+            self._load(accelerator, resume, state)
+
+        if accelerator.is_main_process:
+            save_config(config, self.output_dir / "config.yaml")
+        accelerator.init_trackers("tensorboard", config=_tracker_config(config))
+        log = MetricsLog(self.output_dir / "metrics.jsonl", accelerator, state.step if resume else None)
+        peak = peak_flops(accelerator.device, accelerator.mixed_precision) * accelerator.num_processes
+        sharding = Sharding(accelerator.process_index, accelerator.num_processes)
+        batches = task.train_batches(state.step * config.gradient_accumulation_steps, sharding)
+
+        eval_metrics: dict[str, float] = {}
+        if resume is None and config.eval_every > 0:
+            eval_metrics = self._evaluate(model, accelerator, log, state.step)
+        progress = tqdm(total=config.max_steps, initial=state.step, desc=task.name,
+                        disable=not accelerator.is_main_process, dynamic_ncols=True)  # fmt: skip
+        meter, window_loss, window_items = Throughput(), torch.zeros((), device=accelerator.device), 0.0
+        while state.step < config.max_steps:
+            loss_sum, items = self._step(model, optimizer, scheduler, batches, accelerator, state, meter)
+            window_loss += loss_sum
+            window_items += items
+            state.step += 1
+            progress.update(1)
+            if state.step % config.log_every == 0 or state.step == config.max_steps:
+                metrics = self._train_metrics(accelerator, scheduler, window_loss, window_items, meter, peak)
+                log.log(state.step, metrics)
+                progress.set_postfix(loss=f"{metrics['loss']:.4g}")
+                if accelerator.is_main_process:
+                    progress.write(format_line(state.step, metrics))
+                window_loss, window_items = torch.zeros_like(window_loss), 0.0
+                meter.reset()
+            if config.eval_every > 0 and state.step % config.eval_every == 0 or state.step == config.max_steps:
+                eval_metrics = self._evaluate(model, accelerator, log, state.step)
+                meter.reset()
+            if config.save_every > 0 and state.step % config.save_every == 0:
+                save_checkpoint(accelerator, self.output_dir, state.step, config.save_total_limit)
+                meter.reset()
+        progress.close()
+
+        self._export(model, accelerator, state, eval_metrics)
+        accelerator.end_training()
+        return eval_metrics
+
+    def _step(self, model, optimizer, scheduler, batches: Iterator[dict], accelerator, state, meter) -> tuple:
+        """One optimizer step over `gradient_accumulation_steps` micro-batches; returns (local loss sum, items)."""
+        config, task = self.config, self.task
+        waited = time.perf_counter()
+        micro_batches = [next(batches) for _ in range(config.gradient_accumulation_steps)]
+        meter.data_wait += time.perf_counter() - waited
+
+        counts = [task.count(b) for b in micro_batches]
+        local = [sum(c.items for c in counts), sum(c.samples for c in counts), sum(c.tokens for c in counts)]
+        totals = accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=accelerator.device), "sum")
+        items, samples, tokens = (float(v) for v in totals.tolist())
+        # accelerator.backward divides by the accumulation steps and DDP averages over processes: undo
+        # both, so the gradient is that of (sum of all loss terms) / (global number of terms).
+        scale = config.gradient_accumulation_steps * accelerator.num_processes / max(items, 1.0)
+
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for batch in micro_batches:
+            batch = send_to_device(batch, accelerator.device, non_blocking=True)
+            with accelerator.accumulate(model):
+                loss = task.loss(model, batch)
+                accelerator.backward(loss * scale)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach().float()
+        if not accelerator.optimizer_step_was_skipped:
+            scheduler.step()
+        state.samples_seen += int(samples)
+        state.tokens_seen += int(tokens)
+        meter.samples += samples
+        meter.tokens += tokens
+        return loss_sum, items
+
+    def _train_metrics(self, accelerator, scheduler, window_loss, window_items, meter, peak) -> dict[str, float]:
+        loss = accelerator.reduce(window_loss.detach().clone(), "sum").item() / max(window_items, 1.0)
+        elapsed = meter.elapsed()
+        metrics = {"loss": loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": meter.samples / elapsed}
+        if meter.tokens:
+            metrics["tokens_per_s"] = meter.tokens / elapsed
+            flops = self.task.flops_per_token()
+            if flops:
+                metrics["mfu"] = flops * metrics["tokens_per_s"] / peak
+        metrics["data_wait_fraction"] = meter.data_wait / elapsed
+        return metrics
+
+    def _evaluate(self, model, accelerator, log: MetricsLog, step: int) -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            metrics = self.task.evaluate(model, accelerator)
+        model.train()
+        log.log(step, metrics)
+        if accelerator.is_main_process:
+            tqdm.write(format_line(step, metrics))
+        return metrics
+
+    def _resume_point(self, accelerator) -> Path | None:
+        """Refuse to mix a new run into an old one; clear the old one only when asked to."""
+        config, out = self.config, self.output_dir
+        resume = resolve_resume(out, config.resume_from_checkpoint)
+        has_run = (out / "config.yaml").is_file() or bool(complete_checkpoints(out))
+        if has_run and config.resume_from_checkpoint is None and not config.overwrite_output_dir:
+            raise ConfigError(
+                f"output_dir {out} already holds a run; continue it with --resume_from_checkpoint latest "
+                "or start over with --overwrite_output_dir true"
+            )
+        if resume is None and config.resume_from_checkpoint == "latest":
+            logger.warning("no checkpoint in %s yet: starting from step 0", out)
+        if accelerator.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            if resume is None and has_run:
+                shutil.rmtree(out / "checkpoints", ignore_errors=True)
+                (out / "metrics.jsonl").unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
+        return resume
+
+    def _load(self, accelerator, checkpoint: Path, state: LoopState) -> None:
+        expected = state.global_micro_batch
+        accelerator.load_state(str(checkpoint))
+        if state.global_micro_batch != expected:
+            raise ConfigError(
+                f"{checkpoint}: saved with {state.global_micro_batch} samples per global micro-batch, now {expected} "
+                "(per_device_batch_size x processes); the data position would not carry over"
+            )
+        state.global_micro_batch = expected
+        logger.info("resumed from %s at step %d", checkpoint, state.step)
+
+    def _configure_deepspeed(self, accelerator) -> None:
+        """DeepSpeed needs batch sizes up front; we pass our own loaders, so state them explicitly."""
+        if accelerator.distributed_type != DistributedType.DEEPSPEED:
+            return
+        config = self.config
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = config.per_device_batch_size
+        ds["gradient_accumulation_steps"] = config.gradient_accumulation_steps
+        ds["train_batch_size"] = (
+            config.per_device_batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+        )
+        ds["gradient_clipping"] = config.max_grad_norm
+        ds.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
+
+    def _export(self, model, accelerator, state: LoopState, metrics: dict[str, float]) -> None:
+        """Final model at the root of output_dir (written beside, then moved in), model card, Hub upload."""
+        config, out = self.config, self.output_dir
+        state_dict = accelerator.get_state_dict(model)  # collective under FSDP / ZeRO-3
+        if accelerator.is_main_process:
+            staging = out / ".export-tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            self.task.export(accelerator.unwrap_model(model), state_dict, staging)
+            for item in staging.iterdir():
+                os.replace(item, out / item.name)
+            staging.rmdir()
+            training = {
+                "steps": state.step,
+                "samples seen": state.samples_seen,
+                "global batch": state.global_micro_batch * config.gradient_accumulation_steps,
+                "learning rate": config.learning_rate,
+                "processes": accelerator.num_processes,
+            }
+            if state.tokens_seen:
+                training["tokens seen"] = state.tokens_seen
+            write_model_card(out, self.task.model_card(training, metrics))
+            if config.push_to_hub:
+                url = push_to_hub(out, config.hub_model_id, private=config.hub_private)
+                logger.info("uploaded %s to %s", out, url)
+        accelerator.wait_for_everyone()
+
+
+def _tracker_config(config: TrainConfig) -> dict:
+    """TensorBoard's hparams accept scalars and strings only."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config_to_dict(config).items()}

@@ -1,0 +1,68 @@
+"""Shared fixtures: an isolated cache, a small real-text corpus, and a runner for recipes in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+
+# A model small enough that a test trains it for dozens of steps in seconds on 2 CPU cores.
+TINY_BERT = [
+    "--model_config", json.dumps({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                  "intermediate_size": 64, "max_position_embeddings": 64}),
+    "--vocab_size", "512", "--block_size", "32", "--per_device_batch_size", "8",
+    "--learning_rate", "3e-3", "--warmup_steps", "5", "--report_to", "none",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Caches (corpus, tokenizers, token shards) live in one folder per test session."""
+    cache = tmp_path_factory.mktemp("fmkit-cache")
+    os.environ["FMKIT_CACHE"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    return cache
+
+
+@pytest.fixture(scope="session")
+def text_files(tmp_path_factory) -> tuple[Path, Path]:
+    """~400 KB of real English (the embedded corpus's first documents) as train/eval JSONL files."""
+    from fmkit.data.corpus import python_docs_corpus
+
+    corpus = python_docs_corpus()
+    folder = tmp_path_factory.mktemp("text")
+    lines = corpus.train.read_text(encoding="utf-8").splitlines()
+    train, held_out = folder / "train.jsonl", folder / "eval.jsonl"
+    train.write_text("\n".join(lines[:1200]) + "\n", encoding="utf-8")
+    held_out.write_text("\n".join(lines[1200:1300]) + "\n", encoding="utf-8")
+    return train, held_out
+
+
+def run_recipe(args: list[str], recipe: str = "mlm.py", launcher: list[str] | None = None, env: dict | None = None,
+               check: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run a recipe as a user would, in a fresh process; `launcher` e.g. ["accelerate", "launch", ...]."""
+    command = [*(launcher or [sys.executable]), str(RECIPES / recipe), *args]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(output_dir: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in read_metrics(output_dir) if "loss" in m}
+
+
+def eval_losses(output_dir: Path) -> dict[int, float]:
+    return {m["step"]: m["eval_loss"] for m in read_metrics(output_dir) if "eval_loss" in m}

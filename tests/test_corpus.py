@@ -1,0 +1,65 @@
+"""The embedded corpus: built from files already on disk, split, deduplicated, cached and reproducible."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fmkit.data.corpus import CorpusFiles, python_docs_corpus
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> CorpusFiles:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FMKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return python_docs_corpus()
+
+
+@pytest.fixture(scope="module")
+def documents(corpus: CorpusFiles) -> dict[str, list[dict[str, str]]]:
+    return {"train": _read(corpus.train), "eval": _read(corpus.eval)}
+
+
+def test_split_is_small_disjoint_and_nonempty(documents: dict[str, list[dict[str, str]]]) -> None:
+    train, held_out = documents["train"], documents["eval"]
+    assert train and held_out
+    assert 0.003 <= len(held_out) / (len(train) + len(held_out)) <= 0.03
+    assert not {d["text"] for d in train} & {d["text"] for d in held_out}
+
+
+def test_corpus_is_several_mb_of_real_sentences(
+    corpus: CorpusFiles, documents: dict[str, list[dict[str, str]]]
+) -> None:
+    assert corpus.train.stat().st_size > 4_000_000
+    every = documents["train"] + documents["eval"]
+    assert all(len(d["text"].split()) >= 8 for d in every)
+    assert len({d["text"] for d in every}) == len(every)
+    assert f"{len(every):,} documents" in corpus.description
+
+
+def test_corpus_mixes_stdlib_docstrings_and_pydoc_topics(documents: dict[str, list[dict[str, str]]]) -> None:
+    sources = {d["source"] for d in documents["train"] + documents["eval"]}
+    assert any(s.startswith("pydoc topic: ") for s in sources)
+    assert {"json", "json.decoder"} <= sources
+
+
+def test_cached_call_reuses_files_and_rebuild_is_byte_identical(
+    corpus: CorpusFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FMKIT_CACHE", str(corpus.train.parents[2]))
+    mtime = corpus.train.stat().st_mtime_ns
+    assert python_docs_corpus() == corpus
+    assert corpus.train.stat().st_mtime_ns == mtime
+
+    monkeypatch.setenv("FMKIT_CACHE", str(tmp_path))
+    fresh = python_docs_corpus()
+    assert fresh.train != corpus.train
+    assert fresh.train.read_bytes() == corpus.train.read_bytes()
+    assert fresh.eval.read_bytes() == corpus.eval.read_bytes()
+    assert fresh.description == corpus.description

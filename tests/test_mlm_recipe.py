@@ -1,0 +1,184 @@
+"""The MLM recipe end to end, as a user runs it: real processes, real files, reloaded in a fresh process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import RECIPES, TINY_BERT, eval_losses, read_metrics, run_recipe, train_losses
+from hub_server import LoopbackHub
+
+
+def data_args(text_files) -> list[str]:
+    train, held_out = text_files
+    return ["--train_files", str(train), "--eval_files", str(held_out)]
+
+
+def test_recipe_trains_exports_and_uploads(tmp_path, text_files):
+    out = tmp_path / "run"
+    with LoopbackHub(tmp_path / "hub") as hub:
+        run_recipe(
+            [
+                *data_args(text_files),
+                *TINY_BERT,
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "60",
+                "--log_every",
+                "10",
+                "--eval_every",
+                "30",
+                "--save_every",
+                "30",
+                "--report_to",
+                "tensorboard",
+                "--push_to_hub",
+                "true",
+                "--hub_model_id",
+                "someone/tiny-bert",
+            ],
+            env={
+                "HF_ENDPOINT": hub.url,
+                "HF_TOKEN": "hf_secret_for_tests",
+                "HF_HUB_OFFLINE": "0",
+                "HF_HUB_DISABLE_TELEMETRY": "1",
+            },
+        )
+        uploaded = hub.files("someone/tiny-bert")
+
+    metrics = read_metrics(out)
+    train_steps = [m for m in metrics if "loss" in m]
+    assert [m["step"] for m in train_steps] == [10, 20, 30, 40, 50, 60]
+    for record in train_steps:
+        assert {"loss", "lr", "tokens_per_s", "samples_per_s", "mfu"} <= record.keys()
+        assert record["tokens_per_s"] > 0
+    evals = eval_losses(out)
+    assert sorted(evals) == [0, 30, 60]
+    assert evals[60] < evals[0] - 0.3, f"held-out loss did not fall: {evals}"
+    final = [m for m in metrics if m["step"] == 60 and "eval_perplexity" in m][0]
+    assert final["eval_perplexity"] == pytest.approx(2.718281828 ** final["eval_loss"], rel=1e-6)
+
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "config.yaml"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").rglob("events.out.tfevents*")), "no TensorBoard events"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_30", "step_60"]
+    card = (out / "README.md").read_text()
+    assert "fill-mask" in card and f"{final['eval_loss']:.4g}" in card
+    assert "hf_secret_for_tests" not in (out / "config.yaml").read_text() + card
+
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(uploaded)
+    assert not any(name.startswith(("checkpoints/", "tensorboard/")) for name in uploaded)
+    assert uploaded["model.safetensors"] == (out / "model.safetensors").read_bytes()
+
+    # A fresh process with plain transformers: no fmkit import.
+    check = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline\n"
+        "out = sys.argv[1]\n"
+        "model = AutoModelForMaskedLM.from_pretrained(out)\n"
+        "tokenizer = AutoTokenizer.from_pretrained(out)\n"
+        "fill = pipeline('fill-mask', model=model, tokenizer=tokenizer)\n"
+        "predictions = fill(f'Return the {tokenizer.mask_token} of the list.')\n"
+        "assert len(predictions) == 5 and all(p['token_str'].strip() for p in predictions), predictions\n"
+        "assert 'fmkit' not in sys.modules\n"
+        "print('OK', predictions[0]['token_str'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", check, str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def resume_args(text_files, out, steps: int, extra: list[str] = ()) -> list[str]:
+    return [
+        *data_args(text_files),
+        *TINY_BERT,
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        str(steps),
+        "--log_every",
+        "1",
+        "--eval_every",
+        "4",
+        "--save_every",
+        "4",
+        "--save_total_limit",
+        "5",
+        *extra,
+    ]
+
+
+def test_resumed_run_logs_the_same_losses(tmp_path, text_files):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    # Dropout on: resuming must also restore the RNG state, not only weights and data position. A constant
+    # schedule makes an 8-step run a true prefix of a 16-step one (cosine decays over max_steps).
+    dropout = [
+        "--model_config",
+        TINY_BERT[1].replace("}", ', "hidden_dropout_prob": 0.1}'),
+        "--lr_scheduler",
+        "constant",
+    ]
+    run_recipe(resume_args(text_files, straight, 16, dropout))
+    run_recipe(resume_args(text_files, resumed, 16, [*dropout, "--max_steps", "8"]))
+    assert max(train_losses(resumed)) == 8
+    run_recipe(resume_args(text_files, resumed, 16, [*dropout, "--resume_from_checkpoint", "latest"]))
+    assert train_losses(resumed) == train_losses(straight)
+    assert eval_losses(resumed) == eval_losses(straight)
+
+
+def test_resume_after_sigkill(tmp_path, text_files):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = ["--num_workers", "1"]
+    run_recipe(resume_args(text_files, straight, 24, args))
+    command = [sys.executable, str(RECIPES / "mlm.py"), *resume_args(text_files, killed, 24, args)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed / "checkpoints" / "step_12").is_dir():
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)  # past step 12: a checkpoint exists, others may be half-written
+    process.wait()
+    assert (killed / "checkpoints" / "step_12").is_dir(), "run ended before reaching the kill point"
+    run_recipe(resume_args(text_files, killed, 24, [*args, "--resume_from_checkpoint", "latest"]))
+    assert train_losses(killed) == train_losses(straight)
+
+
+def test_existing_run_is_not_overwritten(tmp_path, text_files):
+    out = tmp_path / "run"
+    run_recipe(resume_args(text_files, out, 4))
+    before = (out / "model.safetensors").read_bytes()
+    result = run_recipe(resume_args(text_files, out, 4), check=False)
+    assert result.returncode == 2
+    assert "already holds a run" in result.stderr and "--resume_from_checkpoint latest" in result.stderr
+    assert (out / "model.safetensors").read_bytes() == before
+    run_recipe(resume_args(text_files, out, 4, ["--overwrite_output_dir", "true", "--seed", "7"]))
+    assert (out / "model.safetensors").read_bytes() != before
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--train_files", "/no/such/corpus.txt"], "/no/such/corpus.txt: no such file or folder"),
+        (["--max_stepz", "3"], "unknown config key 'max_stepz'; did you mean max_steps?"),
+        (["--block_size", "128"], "block_size 128 exceeds the model's 64 positions"),
+        (["--model_config", '{"vocab_size": 64, "max_position_embeddings": 64}'], "smaller than the tokenizer's"),
+        (["--tokenizer_name_or_path", "/no/such/tokenizer"], "tokenizer /no/such/tokenizer: cannot load it"),
+    ],
+)
+def test_bad_input_is_one_line_error(tmp_path, text_files, args, expected):
+    result = run_recipe([*data_args(text_files), *TINY_BERT, "--output_dir", str(tmp_path / "o"), *args], check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and expected in error_lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_empty_corpus_is_refused(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n   \n")
+    result = run_recipe(["--train_files", str(empty), *TINY_BERT, "--output_dir", str(tmp_path / "o")], check=False)
+    assert result.returncode == 2
+    assert "no text" in result.stderr and str(empty) in result.stderr
