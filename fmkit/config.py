@@ -56,6 +56,9 @@ class TrainConfig:
     torch_compile: bool = False
     num_workers: int = 0
     """Data-loader worker processes per rank (0 loads in the training process)."""
+    cpu_threads: int = 0
+    """Torch threads per process on CPU; 0 = the machine's cores split over its processes (overrides the
+    OMP_NUM_THREADS=1 that `accelerate launch` sets on some machines)."""
     log_every: int = 10
     eval_every: int = 200
     """Evaluate every N steps and at the end; 0 evaluates only at the end."""
@@ -79,7 +82,15 @@ class TrainConfig:
         for name in ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} {getattr(self, name)}: expected a positive integer")
-        for name in ("eval_every", "save_every", "eval_batches", "warmup_steps", "num_workers", "save_total_limit"):
+        for name in (
+            "eval_every",
+            "save_every",
+            "eval_batches",
+            "warmup_steps",
+            "num_workers",
+            "save_total_limit",
+            "cpu_threads",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} {getattr(self, name)}: expected 0 or more")
         if self.push_to_hub and not self.hub_model_id:
