@@ -14,12 +14,14 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 
 # A model small enough that a test trains it for dozens of steps in seconds on 2 CPU cores.
-TINY_BERT = [
+TINY_MODEL = [
     "--model_config", json.dumps({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                                   "intermediate_size": 64, "max_position_embeddings": 64}),
-    "--vocab_size", "512", "--block_size", "32", "--per_device_batch_size", "8",
-    "--learning_rate", "3e-3", "--warmup_steps", "5", "--report_to", "none",
+    "--vocab_size", "512",
 ]  # fmt: skip
+TINY_TRAINING = ["--block_size", "32", "--per_device_batch_size", "8", "--learning_rate", "3e-3",
+                 "--warmup_steps", "5", "--report_to", "none"]  # fmt: skip
+TINY_BERT = [*TINY_MODEL, *TINY_TRAINING]
 
 
 @pytest.fixture(scope="session", autouse=True)

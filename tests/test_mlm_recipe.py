@@ -166,6 +166,7 @@ def test_existing_run_is_not_overwritten(tmp_path, text_files):
         (["--block_size", "128"], "block_size 128 exceeds the model's 64 positions"),
         (["--model_config", '{"vocab_size": 64, "max_position_embeddings": 64}'], "smaller than the tokenizer's"),
         (["--tokenizer_name_or_path", "/no/such/tokenizer"], "tokenizer /no/such/tokenizer: cannot load it"),
+        (["--model_name_or_path", "/no/such/model"], "model /no/such/model: cannot load it"),
     ],
 )
 def test_bad_input_is_one_line_error(tmp_path, text_files, args, expected):

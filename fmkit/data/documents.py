@@ -75,7 +75,7 @@ def expand_files(patterns: tuple[str, ...] | list[str]) -> list[Path]:
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and _kind(p, strict=True))
+            found += sorted(p for p in path.rglob("*") if p.is_file() and _kind(p, strict=False))
         elif any(ch in pattern for ch in "*?["):
             matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True))
             if not matches:

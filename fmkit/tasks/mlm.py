@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from fmkit.metrics import transformer_flops_per_token
 from fmkit.models.masked_positions import MaskedPositionsOnly
 from fmkit.tasks import register_task
 from fmkit.tasks.base import BatchCount, Task
+
+logger = logging.getLogger(__name__)
 
 # RoBERTa-family position ids start after the padding index, so two embedding rows are not positions.
 POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
@@ -159,8 +162,13 @@ def build_masked_lm(config: MLMConfig, tokenizer) -> nn.Module:
     """A masked LM from a checkpoint or from a config; refuses vocabularies or positions that cannot fit."""
     if config.model_name_or_path:
         if config.model_config:
-            raise ConfigError("model_config overrides apply to new models only; drop them or model_name_or_path")
-        model = AutoModelForMaskedLM.from_pretrained(config.model_name_or_path, attn_implementation="sdpa")
+            # Typically the preset's architecture; a pretrained model brings its own.
+            logger.warning("model_config is ignored: continuing from %s with its own config", config.model_name_or_path)
+        try:
+            model = AutoModelForMaskedLM.from_pretrained(config.model_name_or_path, attn_implementation="sdpa")
+        except (OSError, ValueError) as error:
+            reason = str(error).splitlines()[0]
+            raise ConfigError(f"model {config.model_name_or_path}: cannot load it ({reason})") from None
     else:
         overrides = dict(config.model_config)
         overrides.setdefault("vocab_size", round_up(len(tokenizer)))
