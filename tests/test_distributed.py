@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, TINY_TRAINING, eval_losses, train_losses
+from conftest import REPO, TINY_TRAINING, eval_losses, read_metrics, train_losses
 from conftest import run_recipe as run
 from transformers import BertConfig, BertForMaskedLM
 
@@ -42,6 +42,10 @@ def args(text_files, initial_model, out, per_device_batch: int, steps: int = 12)
     ]  # fmt: skip
 
 
+def learning_rates(output_dir) -> list[float]:
+    return [m["lr"] for m in read_metrics(output_dir) if "lr" in m]
+
+
 def launch(config: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
             "--num_processes", "2", "--main_process_port", "0"]  # fmt: skip
@@ -64,6 +68,7 @@ def test_two_processes_match_one(tmp_path, text_files, initial_model, single_pro
     # Same weights, same global batch, same masks (seeded per sample), loss normalised by the global token
     # count: only the order of floating-point sums differs between 1 and 2 processes.
     assert two[1] == pytest.approx(one[1], rel=1e-5)
+    assert learning_rates(out) == learning_rates(single_process)  # the schedule ignores the process count
     assert two[12] == pytest.approx(one[12], rel=2e-3)
     assert eval_losses(out)[12] < eval_losses(out)[0] - 0.1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -175,6 +176,25 @@ def test_bad_input_is_one_line_error(tmp_path, text_files, args, expected):
     error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(error_lines) == 1 and expected in error_lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_trains_on_a_streamed_hugging_face_dataset(tmp_path, text_files):
+    """A dataset folder read through `datasets.load_dataset(..., streaming=True)`; no file is downloaded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "my-dataset" / "data"
+    folder.mkdir(parents=True)
+    texts = [json.loads(line)["text"] for line in text_files[0].read_text().splitlines()]
+    pq.write_table(pa.table({"content": texts}), folder / "train-00000-of-00001.parquet")
+    out = tmp_path / "run"
+    run_recipe([*TINY_BERT, "--dataset_name", str(folder.parent), "--text_field", "content", "--streaming", "true",
+                "--output_dir", str(out), "--max_steps", "20", "--log_every", "10", "--eval_every", "20"])  # fmt: skip
+    evals = eval_losses(out)
+    assert sorted(evals) == [0, 20] and evals[20] < evals[0]
+    missing = run_recipe([*TINY_BERT, "--dataset_name", str(folder.parent), "--output_dir", str(tmp_path / "o")],
+                         check=False)  # fmt: skip
+    assert missing.returncode == 2 and "no column 'text' (columns: content)" in missing.stderr
 
 
 def test_empty_corpus_is_refused(tmp_path):
