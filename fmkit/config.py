@@ -27,6 +27,18 @@ C = TypeVar("C", bound="TrainConfig")
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
+_POSITIVE = ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "log_every")
+_NON_NEGATIVE = (
+    "eval_every",
+    "save_every",
+    "eval_batches",
+    "warmup_steps",
+    "num_workers",
+    "save_total_limit",
+    "cpu_threads",
+)
+
+
 @dataclass
 class TrainConfig:
     """Options shared by every recipe: the loop, the optimizer, logging, checkpoints and export."""
@@ -79,18 +91,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Catch impossible settings before any work starts."""
-        for name in ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "log_every"):
+        for name in _POSITIVE:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} {getattr(self, name)}: expected a positive integer")
-        for name in (
-            "eval_every",
-            "save_every",
-            "eval_batches",
-            "warmup_steps",
-            "num_workers",
-            "save_total_limit",
-            "cpu_threads",
-        ):
+        for name in _NON_NEGATIVE:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} {getattr(self, name)}: expected 0 or more")
         if self.push_to_hub and not self.hub_model_id:

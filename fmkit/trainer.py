@@ -55,7 +55,8 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
     if not on_gpu:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(config.cpu_threads or max(1, len(os.sched_getaffinity(0)) // local_processes))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(config.cpu_threads or max(1, cores // local_processes))
     trackers = [t.strip() for t in config.report_to.split(",") if t.strip() and t.strip() != "none"]
     return Accelerator(
         cpu=not on_gpu and not deepspeed,

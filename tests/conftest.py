@@ -48,6 +48,11 @@ def text_files(tmp_path_factory) -> tuple[Path, Path]:
     return train, held_out
 
 
+def jsonl_texts(path: Path) -> list[str]:
+    """The "text" field of every line of a JSONL file."""
+    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 def run_recipe(args: list[str], recipe: str = "mlm.py", launcher: list[str] | None = None, env: dict | None = None,
                check: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
     """Run a recipe as a user would, in a fresh process; `launcher` e.g. ["accelerate", "launch", ...]."""

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, TINY_TRAINING, eval_losses, read_metrics, train_losses
+from conftest import REPO, TINY_MODEL, TINY_TRAINING, eval_losses, jsonl_texts, read_metrics, train_losses
 from conftest import run_recipe as run
 from transformers import BertConfig, BertForMaskedLM
 
@@ -22,11 +22,9 @@ def initial_model(tmp_path_factory, text_files):
     deepspeed.zero.Init (sharded from the start), so a from-scratch ZeRO-3 run draws different initial
     weights than a single process. Dropout is off: it draws different masks on every rank by design."""
     folder = tmp_path_factory.mktemp("initial")
-    texts = [json.loads(line)["text"] for line in text_files[0].read_text().splitlines()]
-    tokenizer = train_tokenizer(texts, "wordpiece", 512, BERT_SPECIALS)
+    tokenizer = train_tokenizer(jsonl_texts(text_files[0]), "wordpiece", 512, BERT_SPECIALS)
     tokenizer.save_pretrained(folder)
-    config = BertConfig(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+    config = BertConfig(vocab_size=512, **json.loads(TINY_MODEL[1]), hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     BertForMaskedLM(config).save_pretrained(folder)
     return folder

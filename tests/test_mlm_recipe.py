@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -10,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import RECIPES, TINY_BERT, eval_losses, read_metrics, run_recipe, train_losses
+from conftest import RECIPES, TINY_BERT, eval_losses, jsonl_texts, read_metrics, run_recipe, train_losses
 from hub_server import LoopbackHub
 
 
@@ -185,8 +184,7 @@ def test_trains_on_a_streamed_hugging_face_dataset(tmp_path, text_files):
 
     folder = tmp_path / "my-dataset" / "data"
     folder.mkdir(parents=True)
-    texts = [json.loads(line)["text"] for line in text_files[0].read_text().splitlines()]
-    pq.write_table(pa.table({"content": texts}), folder / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table({"content": jsonl_texts(text_files[0])}), folder / "train-00000-of-00001.parquet")
     out = tmp_path / "run"
     run_recipe([*TINY_BERT, "--dataset_name", str(folder.parent), "--text_field", "content", "--streaming", "true",
                 "--output_dir", str(out), "--max_steps", "20", "--log_every", "10", "--eval_every", "20"])  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
@@ -33,4 +35,4 @@ def test_schedule_warms_up_then_decays_to_zero_over_max_steps():
         scheduler.step()
         rates.append(scheduler.get_last_lr()[0])
     assert rates[:2] == [0.5, 1.0] and rates[-1] == 0.0  # linear warmup to the peak, decay to zero at max_steps
-    assert all(a > b for a, b in zip(rates[1:], rates[2:], strict=False))
+    assert all(a > b for a, b in pairwise(rates[1:]))

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
+from conftest import jsonl_texts
 from transformers import AutoTokenizer
 
 from fmkit.data.packing import PackedBlocks
 from fmkit.data.token_shards import TokenShard, encode_documents, write_token_shard
-from fmkit.data.tokenizer import BERT_SPECIALS, SpecialTokens, round_up, train_tokenizer
+from fmkit.data.tokenizer import BERT_SPECIALS, ROBERTA_SPECIALS, SpecialTokens, round_up, train_tokenizer
 from fmkit.errors import DataError
 
 GPT_SPECIALS = SpecialTokens(eos="<|endoftext|>", pad="<|endoftext|>")
@@ -19,8 +18,7 @@ GPT_SPECIALS = SpecialTokens(eos="<|endoftext|>", pad="<|endoftext|>")
 
 @pytest.fixture(scope="module")
 def texts(text_files) -> list[str]:
-    train, _ = text_files
-    return [json.loads(line)["text"] for line in train.read_text(encoding="utf-8").splitlines()]
+    return jsonl_texts(text_files[0])
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +134,16 @@ def test_trained_tokenizer_size_and_reload(tmp_path, texts, kind, specials):
     sample = texts[:25]
     assert reloaded(sample)["input_ids"] == tokenizer(sample)["input_ids"]
     assert reloaded.all_special_tokens == tokenizer.all_special_tokens
+
+
+@pytest.mark.parametrize(("kind", "specials"), [("wordpiece", BERT_SPECIALS), ("bpe", ROBERTA_SPECIALS),
+                                                ("unigram", BERT_SPECIALS)])  # fmt: skip
+def test_every_tokenizer_kind_is_a_working_mlm_tokenizer(tmp_path, texts, kind, specials):
+    tokenizer = train_tokenizer(texts[:400], kind, 500, specials)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    ids = reloaded("Return the sorted list.")["input_ids"]
+    assert ids[0] == reloaded.cls_token_id and ids[-1] == reloaded.sep_token_id
+    assert reloaded.mask_token_id is not None and len(reloaded) <= 512
+    assert ids == tokenizer("Return the sorted list.")["input_ids"]
+    assert reloaded.decode(ids, skip_special_tokens=True).replace(" ", "") == "Returnthesortedlist."
