@@ -17,6 +17,8 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,7 +33,7 @@ from fmkit.errors import ConfigError
 from fmkit.hub import push_to_hub, write_model_card
 from fmkit.metrics import MetricsLog, Throughput, format_line, peak_flops
 from fmkit.optim import build_optimizer, build_scheduler
-from fmkit.tasks.base import Task
+from fmkit.tasks.base import MAIN_STAGE, Task
 
 logger = logging.getLogger(__name__)
 
@@ -80,15 +82,27 @@ class Trainer:
         accelerator = make_accelerator(config)
         resume = self._resume_point(accelerator)
         set_seed(config.seed)
-        model = task.setup(accelerator)
-        optimizer = build_optimizer(model, config, accelerator.device)
-        scheduler = build_scheduler(optimizer, config)
+        stages = _stage_modules(task.setup(accelerator))
+        if len(stages) > 1 and accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ConfigError(
+                f"task {task.name} trains {len(stages)} models in alternating stages ({', '.join(stages)}); "
+                "DeepSpeed runs one engine per model, so use DDP (or FSDP on GPUs) for it"
+            )
+        optimizers = [build_optimizer(module, config, accelerator.device) for module in stages.values()]
+        schedulers = [build_scheduler(optimizer, config) for optimizer in optimizers]
         self._configure_deepspeed(accelerator)
-        model, optimizer = accelerator.prepare(model, optimizer)
+        prepared = accelerator.prepare(*stages.values(), *optimizers)
+        self.stages = {
+            name: Stage(name, raw, wrapped, optimizer, scheduler)
+            for name, raw, wrapped, optimizer, scheduler in zip(
+                stages, stages.values(), prepared[: len(stages)], prepared[len(stages) :], schedulers, strict=True
+            )
+        }
+        model = self.stages[MAIN_STAGE].model
         # Dropout should differ across ranks; model init (above) must not. RNG states are checkpointed.
         set_seed(config.seed + accelerator.process_index)
         state = LoopState(global_micro_batch=config.per_device_batch_size * accelerator.num_processes)
-        accelerator.register_for_checkpointing(scheduler, state)
+        accelerator.register_for_checkpointing(*schedulers, state)
         if resume is not None:
             self._load(accelerator, resume, state)
 
@@ -105,20 +119,21 @@ class Trainer:
             eval_metrics = self._evaluate(model, accelerator, log, state.step)
         progress = tqdm(total=config.max_steps, initial=state.step, desc=task.name,
                         disable=not accelerator.is_main_process, dynamic_ncols=True)  # fmt: skip
-        meter, window_loss, window_items = Throughput(), torch.zeros((), device=accelerator.device), 0.0
+        meter, window_loss, window_items = Throughput(), self._zero_losses(accelerator), 0.0
         while state.step < config.max_steps:
-            loss_sum, items = self._step(model, optimizer, scheduler, batches, accelerator, state, meter)
-            window_loss += loss_sum
+            loss_sums, items = self._step(batches, accelerator, state, meter)
+            for name, loss_sum in loss_sums.items():
+                window_loss[name] += loss_sum
             window_items += items
             state.step += 1
             progress.update(1)
             if state.step % config.log_every == 0 or state.step == config.max_steps:
-                metrics = self._train_metrics(accelerator, scheduler, window_loss, window_items, meter, peak)
+                metrics = self._train_metrics(accelerator, window_loss, window_items, meter, peak)
                 log.log(state.step, metrics)
                 progress.set_postfix(loss=f"{metrics['loss']:.4g}")
                 if accelerator.is_main_process:
                     progress.write(format_line(state.step, metrics))
-                window_loss, window_items = torch.zeros_like(window_loss), 0.0
+                window_loss, window_items = self._zero_losses(accelerator), 0.0
                 meter.reset()
             if config.eval_every > 0 and state.step % config.eval_every == 0 or state.step == config.max_steps:
                 eval_metrics = self._evaluate(model, accelerator, log, state.step)
@@ -132,8 +147,11 @@ class Trainer:
         accelerator.end_training()
         return eval_metrics
 
-    def _step(self, model, optimizer, scheduler, batches: Iterator[dict], accelerator, state, meter) -> tuple:
-        """One optimizer step over `gradient_accumulation_steps` micro-batches; returns (local loss sum, items)."""
+    def _step(self, batches: Iterator[dict], accelerator, state, meter) -> tuple[dict[str, torch.Tensor], float]:
+        """One optimizer step per stage over `gradient_accumulation_steps` micro-batches.
+
+        Returns each stage's local loss sum and the global number of loss terms.
+        """
         config, task = self.config, self.task
         waited = time.perf_counter()
         micro_batches = [next(batches) for _ in range(config.gradient_accumulation_steps)]
@@ -147,29 +165,57 @@ class Trainer:
         # both, so the gradient is that of (sum of all loss terms) / (global number of terms).
         scale = config.gradient_accumulation_steps * accelerator.num_processes / max(items, 1.0)
 
-        loss_sum = torch.zeros((), device=accelerator.device)
-        for batch in micro_batches:
-            batch = send_to_device(batch, accelerator.device, non_blocking=True)
-            with accelerator.accumulate(model):
-                loss = task.loss(model, batch)
-                accelerator.backward(loss * scale)
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach().float()
-        if not accelerator.optimizer_step_was_skipped:
-            scheduler.step()
+        micro_batches = [send_to_device(b, accelerator.device, non_blocking=True) for b in micro_batches]
+        loss_sums = {
+            name: self._stage_step(stage, micro_batches, scale, accelerator) for name, stage in self.stages.items()
+        }
         state.samples_seen += int(samples)
         state.tokens_seen += int(tokens)
         meter.samples += samples
         meter.tokens += tokens
-        return loss_sum, items
+        return loss_sums, items
 
-    def _train_metrics(self, accelerator, scheduler, window_loss, window_items, meter, peak) -> dict[str, float]:
-        loss = accelerator.reduce(window_loss.detach().clone(), "sum").item() / max(window_items, 1.0)
+    def _stage_step(self, stage: Stage, micro_batches: list[dict], scale: float, accelerator) -> torch.Tensor:
+        config = self.config
+        with self._only_trainable(stage):
+            loss_sum = torch.zeros((), device=accelerator.device)
+            for batch in micro_batches:
+                with accelerator.accumulate(stage.model):
+                    with accelerator.autocast():
+                        loss = self.task.loss(stage.model, batch, stage.name)
+                    accelerator.backward(loss * scale)
+                    if accelerator.sync_gradients and config.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(stage.model.parameters(), config.max_grad_norm)
+                    stage.optimizer.step()
+                    stage.optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.detach().float()
+        if not accelerator.optimizer_step_was_skipped:
+            stage.scheduler.step()
+        return loss_sum
+
+    @contextmanager
+    def _only_trainable(self, stage: Stage):
+        """Freeze the other stages' modules, so calling them inside this stage's loss gives them no gradients."""
+        others = [p for s in self.stages.values() if s is not stage for p in s.raw.parameters() if p.requires_grad]
+        for param in others:
+            param.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for param in others:
+                param.requires_grad_(True)
+
+    def _zero_losses(self, accelerator) -> dict[str, torch.Tensor]:
+        return {name: torch.zeros((), device=accelerator.device) for name in self.stages}
+
+    def _train_metrics(self, accelerator, window_loss, window_items, meter, peak) -> dict[str, float]:
+        totals = accelerator.reduce(torch.stack(list(window_loss.values())).detach().clone(), "sum").tolist()
+        metrics = {}
+        for name, total in zip(window_loss, totals, strict=True):
+            metrics["loss" if name == MAIN_STAGE else f"{name}_loss"] = total / max(window_items, 1.0)
         elapsed = meter.elapsed()
-        metrics = {"loss": loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": meter.samples / elapsed}
+        metrics["lr"] = self.stages[MAIN_STAGE].scheduler.get_last_lr()[0]
+        metrics["samples_per_s"] = meter.samples / elapsed
         if meter.tokens:
             metrics["tokens_per_s"] = meter.tokens / elapsed
             flops = self.task.flops_per_token()
@@ -179,10 +225,12 @@ class Trainer:
         return metrics
 
     def _evaluate(self, model, accelerator, log: MetricsLog, step: int) -> dict[str, float]:
-        model.eval()
+        for stage in self.stages.values():
+            stage.model.eval()
         with torch.no_grad():
             metrics = self.task.evaluate(model, accelerator)
-        model.train()
+        for stage in self.stages.values():
+            stage.model.train()
         log.log(step, metrics)
         if accelerator.is_main_process:
             tqdm.write(format_line(step, metrics))
@@ -259,6 +307,24 @@ class Trainer:
                 url = push_to_hub(out, config.hub_model_id, private=config.hub_private)
                 logger.info("uploaded %s to %s", out, url)
         accelerator.wait_for_everyone()
+
+
+@dataclass
+class Stage:
+    """A module with its own optimizer and schedule; `raw` is the task's module, `model` the prepared one."""
+
+    name: str
+    raw: torch.nn.Module
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+def _stage_modules(built: torch.nn.Module | dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+    stages = built if isinstance(built, dict) else {MAIN_STAGE: built}
+    if MAIN_STAGE not in stages:
+        raise ValueError(f"a multi-stage task must return its exported model under {MAIN_STAGE!r}, got {list(stages)}")
+    return stages
 
 
 def _tracker_config(config: TrainConfig) -> dict:

@@ -24,6 +24,12 @@ from fmkit.errors import DataError
 # Builds one micro-batch from sample indices and their positions in the global stream (seeds for
 # per-sample randomness such as masking).
 MakeBatch = Callable[[np.ndarray, np.ndarray], dict]
+TRAIN_STREAM, EVAL_STREAM = 0, 1
+
+
+def sample_seeds(seed: int, stream: int, positions: np.ndarray) -> list[int]:
+    """One seed per (run, train/eval, position in the data stream): randomness does not depend on what ran before."""
+    return [int(np.random.SeedSequence([seed, stream, int(p)]).generate_state(1)[0]) for p in positions]
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,12 @@
 A task builds its model and data, says how big a batch is, computes a summed loss, evaluates and
 exports. It never runs the loop: accumulation, distribution, precision, checkpoints and logging belong
 to fmkit.trainer, and are the same for every task.
+
+Most tasks train one model with one optimizer. Adversarial tasks train several modules in alternating
+stages, each with its own optimizer (a discriminator, then the generator): `setup` returns one module per
+stage and `loss` is called once per stage. While a stage runs, the loop freezes the other stages' modules,
+so the task may call them (its own, unwrapped references) inside the stage's loss without giving them
+gradients.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from torch import nn
 from fmkit.config import TrainConfig
 from fmkit.data.loader import Sharding
 from fmkit.hub import ModelCard
+
+MAIN_STAGE = "model"
+"""The stage whose module is evaluated, exported and logged as `loss`."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +47,12 @@ class Task(ABC):
         self.config = config
 
     @abstractmethod
-    def setup(self, accelerator) -> nn.Module:
-        """Build tokenizer/processor, data and model (after seeding); return the model to train."""
+    def setup(self, accelerator) -> nn.Module | dict[str, nn.Module]:
+        """Build tokenizer/processor, data and model (after seeding); return the model to train.
+
+        Adversarial tasks return {stage name: module}, in the order the stages run each step, with the
+        exported model under MAIN_STAGE.
+        """
 
     @abstractmethod
     def train_batches(self, start: int, sharding: Sharding) -> Iterator[dict]:
@@ -49,8 +62,11 @@ class Task(ABC):
     def count(self, batch: dict) -> BatchCount: ...
 
     @abstractmethod
-    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        """The loss summed (not averaged) over the batch's `count(batch).items` terms."""
+    def loss(self, model: nn.Module, batch: dict, stage: str = MAIN_STAGE) -> torch.Tensor:
+        """The loss summed (not averaged) over the batch's `count(batch).items` terms (in every stage).
+
+        `model` is the (possibly distributed-wrapped) module this stage optimises.
+        """
 
     @abstractmethod
     def evaluate(self, model: nn.Module, accelerator) -> dict[str, float]:

@@ -15,7 +15,7 @@ from accelerate.utils import send_to_device
 from torch import nn
 from transformers import AutoConfig, AutoModelForMaskedLM
 
-from fmkit.data.loader import Sharding, eval_batches, train_loader
+from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches, sample_seeds, train_loader
 from fmkit.data.masking import IGNORE_INDEX, Masker
 from fmkit.data.packing import PackedBlocks
 from fmkit.data.text import TextDataConfig, prepare_text_data
@@ -25,13 +25,12 @@ from fmkit.hub import ModelCard
 from fmkit.metrics import transformer_flops_per_token
 from fmkit.models.masked_positions import MaskedPositionsOnly
 from fmkit.tasks import register_task
-from fmkit.tasks.base import BatchCount, Task
+from fmkit.tasks.base import MAIN_STAGE, BatchCount, Task
 
 logger = logging.getLogger(__name__)
 
 # RoBERTa-family position ids start after the padding index, so two embedding rows are not positions.
 POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
-EVAL_STREAM, TRAIN_STREAM = 1, 0
 
 
 @dataclass
@@ -42,11 +41,6 @@ class MLMConfig(TextDataConfig):
     """Fraction of tokens to predict; of those 80% become [MASK], 10% a random token, 10% stay."""
     whole_word_masking: bool = False
     """Mask all sub-tokens of a word together."""
-
-
-def sample_seeds(seed: int, stream: int, positions: np.ndarray) -> list[int]:
-    """One seed per (run, train/eval, position in the data stream): masks do not depend on what ran before."""
-    return [int(np.random.SeedSequence([seed, stream, int(p)]).generate_state(1)[0]) for p in positions]
 
 
 @register_task
@@ -95,7 +89,7 @@ class MaskedLM(Task):
         items = int((batch["labels"] != IGNORE_INDEX).sum())
         return BatchCount(items=items, samples=input_ids.shape[0], tokens=input_ids.numel())
 
-    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: dict, stage: str = MAIN_STAGE) -> torch.Tensor:
         labels = batch["labels"]
         predicted = labels != IGNORE_INDEX
         with self.head.selecting(predicted):

@@ -1,0 +1,1 @@
+"""How good a frozen backbone's features are (linear probe, kNN) and how close reconstructions are (PSNR)."""

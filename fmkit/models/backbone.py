@@ -1,0 +1,119 @@
+"""A Hugging Face vision model seen the two ways pretext heads need it: a vector per image, or a feature map.
+
+The backbone stays a stock transformers model (ViT, ResNet, ConvNeXt, ...), so what the pretext task leaves
+behind loads with plain `AutoModel.from_pretrained`. ViT is built without its pooler: nothing in
+pretraining would train it (Hugging Face's own ViT classifiers drop it too), and an unused layer breaks DDP.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, ConvNextImageProcessor, PreTrainedModel
+
+from fmkit.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WITHOUT_POOLER = {"vit", "deit", "dinov2"}
+
+
+class Backbone(nn.Module):
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+        config = model.config
+        self.feature_dim = config.hidden_sizes[-1] if hasattr(config, "hidden_sizes") else config.hidden_size
+        self.is_transformer = hasattr(config, "patch_size") and not hasattr(config, "hidden_sizes")
+        self.stride = config.patch_size if self.is_transformer else 4 * 2 ** (len(config.hidden_sizes) - 1)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """One feature vector per image: the [CLS] token for ViTs, the pooled last stage for CNNs."""
+        outputs = self._run(pixel_values)
+        if self.is_transformer:
+            return outputs.last_hidden_state[:, 0]
+        return outputs.pooler_output.flatten(1)
+
+    def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, feature_dim, H / stride, W / stride]: patch tokens laid out on their grid for ViTs."""
+        outputs = self._run(pixel_values)
+        if not self.is_transformer:
+            return outputs.last_hidden_state
+        height, width = (size // self.stride for size in pixel_values.shape[-2:])
+        tokens = outputs.last_hidden_state[:, -height * width :]
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
+
+    def _run(self, pixel_values: torch.Tensor):
+        if self.is_transformer:
+            # Jigsaw tiles and context patches are smaller than the images the positions were made for.
+            resized = pixel_values.shape[-1] != self.model.config.image_size
+            return self.model(pixel_values=pixel_values, interpolate_pos_encoding=resized)
+        return self.model(pixel_values=pixel_values)
+
+
+def build_backbone(model_type: str, overrides: dict, name_or_path: str | None, image_size: int) -> Backbone:
+    """A new backbone from a config (the preset's architecture), or a pretrained one to continue from."""
+    if name_or_path:
+        try:
+            config = AutoConfig.from_pretrained(name_or_path)
+            model = AutoModel.from_pretrained(name_or_path, **_model_kwargs(config.model_type))
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"backbone {name_or_path}: cannot load it ({str(error).splitlines()[0]})") from None
+    else:
+        overrides = dict(overrides)
+        try:
+            config = AutoConfig.for_model(model_type, **overrides)
+        except (ValueError, KeyError) as error:
+            raise ConfigError(f"backbone_type {model_type!r}: {str(error).splitlines()[0]}") from None
+        if hasattr(config, "image_size"):
+            config.image_size = image_size
+        model = AutoModel.from_config(config, **_model_kwargs(model_type))
+    backbone = Backbone(model)
+    if image_size % backbone.stride:
+        raise ConfigError(
+            f"image_size {image_size} is not a multiple of the backbone's stride {backbone.stride} "
+            "(patch size for ViTs, 4 x 2^(stages-1) for CNNs)"
+        )
+    return backbone
+
+
+def random_copy(backbone: Backbone, seed: int) -> Backbone:
+    """A freshly initialised backbone of the same architecture: the baseline a pretext task must beat.
+
+    Built by the model class directly, never inside DeepSpeed's partitioned init, so it runs as a plain
+    module on every process.
+    """
+    model = backbone.model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = type(model)(model.config, **_model_kwargs(model.config.model_type))
+    return Backbone(fresh.eval())
+
+
+def image_processor(image_size: int, stored_size: int) -> ConvNextImageProcessor:
+    """Resize the shorter side to `stored_size`, centre-crop `image_size`, normalise: what evaluation saw.
+
+    ConvNeXt's processor expresses exactly that through crop_pct, whichever backbone it serves.
+    """
+    return ConvNextImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_pct=image_size / stored_size,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+    )
+
+
+def _model_kwargs(model_type: str) -> dict:
+    return {"add_pooling_layer": False} if model_type in WITHOUT_POOLER else {}
+
+
+def upsampling_steps(stride: int) -> int:
+    steps = math.log2(stride)
+    if not steps.is_integer():
+        raise ConfigError(f"dense pretext heads need a power-of-two backbone stride, got {stride}")
+    return int(steps)

@@ -1,0 +1,54 @@
+"""Light heads that pretext tasks put on a backbone, and the discriminator of the adversarial ones.
+
+They are deliberately small: the point of a pretext task is the backbone it leaves behind, and a strong
+head would learn the task in the backbone's place.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+def classifier(in_features: int, num_classes: int, hidden: int = 512) -> nn.Sequential:
+    """Two layers, as in the rotation and jigsaw papers' heads on top of the shared features."""
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+
+
+class DenseDecoder(nn.Sequential):
+    """Feature map -> image-sized prediction: `steps` x (upsample 2x, 3x3 conv, norm, ReLU), then a 1x1 conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, steps: int, width: int = 128):
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 1)]
+        channels = width
+        for _ in range(steps):
+            narrower = max(channels // 2, 32)
+            layers += [
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(channels, narrower, 3, padding=1),
+                nn.GroupNorm(8, narrower),
+                nn.ReLU(inplace=True),
+            ]
+            channels = narrower
+        layers.append(nn.Conv2d(channels, out_channels, 1))
+        super().__init__(*layers)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (Isola et al. 2017): one real/fake logit per overlapping patch; spectral norm keeps it stable."""
+
+    def __init__(self, in_channels: int = 3, width: int = 64, layers: int = 3):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        channels = in_channels
+        for i in range(layers):
+            out = width * 2**i
+            blocks += [spectral_norm(nn.Conv2d(channels, out, 4, stride=2, padding=1)), nn.LeakyReLU(0.2, True)]
+            channels = out
+        blocks.append(spectral_norm(nn.Conv2d(channels, 1, 3, padding=1)))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Mean logit per image: the adversarial loss is one term per sample, like every other pretext loss."""
+        return self.net(images).flatten(1).mean(1)

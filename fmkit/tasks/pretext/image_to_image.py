@@ -1,0 +1,95 @@
+"""Pretext tasks that restore a degraded image: super-resolution and inpainting, optionally adversarial.
+
+The backbone encodes the degraded image, a light decoder predicts a residual on top of it, and the loss
+is a pixel loss (weighted, so inpainting can score the removed region only) plus, when
+`adversarial_weight` > 0, a non-saturating GAN loss from a PatchGAN discriminator. The discriminator is
+a second stage of the shared loop with its own optimizer, trained before the generator each step; it is
+kept in checkpoints and left out of the exported backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fmkit.eval.image_quality import psnr
+from fmkit.models.backbone import Backbone, upsampling_steps
+from fmkit.models.heads import DenseDecoder, PatchDiscriminator
+from fmkit.tasks.base import MAIN_STAGE
+from fmkit.tasks.pretext.common import PretextConfig, PretextModel, PretextTask
+
+DISCRIMINATOR = "discriminator"
+
+
+@dataclass
+class ImageToImageConfig(PretextConfig):
+    adversarial_weight: float = 0.0
+    """Weight of the adversarial loss from a PatchGAN discriminator trained in its own stage; 0 turns it off."""
+
+
+class Restorer(PretextModel):
+    """Backbone + dense decoder; predicts a residual added to the degraded image."""
+
+    def __init__(self, backbone: Backbone, out_channels: int = 3):
+        super().__init__(backbone)
+        self.decoder = DenseDecoder(backbone.feature_dim, out_channels, upsampling_steps(backbone.stride))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.backbone.feature_map(pixel_values))
+
+
+class ImageToImagePretext(PretextTask):
+    """Batches hold the normalised degraded input, the degraded image, the clean target and a loss weight map."""
+
+    config: ImageToImageConfig
+    pixel_loss: Literal["l1", "l2"] = "l1"
+
+    def build_model(self, backbone: Backbone) -> Restorer:
+        self.restorer = Restorer(backbone)
+        return self.restorer
+
+    def extra_models(self) -> dict[str, nn.Module]:
+        if self.config.adversarial_weight <= 0:
+            return {}
+        self.discriminator = PatchDiscriminator()
+        return {DISCRIMINATOR: self.discriminator}
+
+    def pack(self, degraded: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> dict:
+        return {"pixel_values": self.normalize(degraded), "degraded": degraded, "target": target, "weight": weight}
+
+    def restore(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """The restored image: the degraded one plus the predicted residual, kept where weight is 0."""
+        residual = model(batch["pixel_values"]).float()
+        return batch["degraded"] + residual * (batch["weight"] > 0)
+
+    def reconstruction_loss(self, restored: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Per image, the weighted mean pixel error; summed over images."""
+        error = restored - batch["target"]
+        error = error.abs() if self.pixel_loss == "l1" else error.square()
+        weight = batch["weight"].expand_as(error)
+        return ((error * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1e-8)).sum()
+
+    def loss(self, model: nn.Module, batch: dict, stage: str = MAIN_STAGE) -> torch.Tensor:
+        real = batch["target"] * 2 - 1
+        if stage == DISCRIMINATOR:
+            with torch.no_grad():
+                fake = self.restore(self.restorer, batch) * 2 - 1
+            return (F.softplus(-model(real)) + F.softplus(model(fake))).sum()
+        restored = self.restore(model, batch)
+        loss = self.reconstruction_loss(restored, batch)
+        if self.config.adversarial_weight > 0:
+            # The loop freezes the discriminator in this stage: gradients reach the generator only.
+            loss = loss + self.config.adversarial_weight * F.softplus(-self.discriminator(restored * 2 - 1)).sum()
+        return loss
+
+    def heldout_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        restored = self.restore(model, batch).clamp(0, 1)
+        return {
+            "loss": self.reconstruction_loss(restored, batch),
+            "psnr": psnr(restored, batch["target"]).sum(),
+            "psnr_degraded_input": psnr(batch["degraded"], batch["target"]).sum(),
+        }

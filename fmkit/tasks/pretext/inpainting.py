@@ -1,0 +1,51 @@
+"""Inpainting (Pathak et al. 2016, context encoders): filling a hole needs to understand its surroundings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from fmkit.errors import ConfigError
+from fmkit.tasks import register_task
+from fmkit.tasks.pretext.image_to_image import ImageToImageConfig, ImageToImagePretext
+from fmkit.vision.degrade import region_mask
+
+FILL = 0.5
+"""Removed pixels become mid-grey (0 after normalisation, near the data mean)."""
+
+
+@dataclass
+class InpaintingConfig(ImageToImageConfig):
+    """Inpainting: remove a square region and reconstruct it (L2 on the region, optionally adversarial)."""
+
+    mask_mode: Literal["center", "random"] = "center"
+    mask_fraction: float = 0.5
+    """Side of the removed square as a fraction of image_size (the paper: half the image)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 < self.mask_fraction < 1.0:
+            raise ConfigError(f"mask_fraction {self.mask_fraction}: expected a value between 0 and 1")
+
+
+@register_task
+class Inpainting(ImageToImagePretext):
+    name = "inpainting"
+    config_class = InpaintingConfig
+    config: InpaintingConfig
+    pixel_loss = "l2"
+
+    @property
+    def pipeline_note(self) -> str:
+        adversarial = f" + {self.config.adversarial_weight} x adversarial" if self.config.adversarial_weight else ""
+        square = f"{self.config.mask_mode} square, {self.config.mask_fraction:.0%} of the side"
+        return f"inpainting ({square}): L2{adversarial}"
+
+    def make_inputs(self, images: torch.Tensor, rngs: list[np.random.Generator]) -> dict:
+        size, config = images.shape[-1], self.config
+        masks = torch.stack([region_mask(size, config.mask_fraction, config.mask_mode, rng) for rng in rngs])
+        weight = masks.float()
+        return self.pack(images * (1 - weight) + FILL * weight, images, weight)

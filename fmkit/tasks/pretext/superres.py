@@ -1,0 +1,43 @@
+"""Super-resolution as a pretext task: restoring detail lost to downscaling needs to know what is there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fmkit.errors import ConfigError
+from fmkit.tasks import register_task
+from fmkit.tasks.pretext.image_to_image import ImageToImageConfig, ImageToImagePretext
+from fmkit.vision.degrade import low_resolution
+
+
+@dataclass
+class SuperResolutionConfig(ImageToImageConfig):
+    """Super-resolution: downscale x2 or x4 and reconstruct the original (L1, optionally adversarial)."""
+
+    scale_factor: int = 4
+
+    def validate(self) -> None:
+        super().validate()
+        if self.scale_factor not in (2, 4) or self.image_size % self.scale_factor:
+            raise ConfigError(
+                f"scale_factor {self.scale_factor}: expected 2 or 4, dividing image_size {self.image_size}"
+            )
+
+
+@register_task
+class SuperResolution(ImageToImagePretext):
+    name = "superres"
+    config_class = SuperResolutionConfig
+    config: SuperResolutionConfig
+    pixel_loss = "l1"
+
+    @property
+    def pipeline_note(self) -> str:
+        adversarial = f" + {self.config.adversarial_weight} x adversarial" if self.config.adversarial_weight else ""
+        return f"super-resolution x{self.config.scale_factor}: L1{adversarial}"
+
+    def make_inputs(self, images: torch.Tensor, rngs: list[np.random.Generator]) -> dict:
+        return self.pack(low_resolution(images, self.config.scale_factor), images, torch.ones_like(images[:, :1]))
