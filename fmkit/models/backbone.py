@@ -43,10 +43,18 @@ class Backbone(nn.Module):
         """[B, feature_dim, H / stride, W / stride]: patch tokens laid out on their grid for ViTs."""
         outputs = self._run(pixel_values)
         if not self.is_transformer:
-            return outputs.last_hidden_state
+            return self._final_norm(outputs.last_hidden_state)
         height, width = (size // self.stride for size in pixel_values.shape[-2:])
         tokens = outputs.last_hidden_state[:, -height * width :]
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
+
+    def _final_norm(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """ConvNeXt normalises only its pooled vector; the map goes through the same norm, so that dense
+        pretext tasks train every backbone parameter (and DDP finds no unused ones)."""
+        norm = getattr(self.model, "layernorm", None)
+        if not isinstance(norm, nn.LayerNorm):
+            return feature_map
+        return norm(feature_map.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def _run(self, pixel_values: torch.Tensor):
         if self.is_transformer:
