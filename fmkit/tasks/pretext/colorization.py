@@ -26,6 +26,9 @@ from fmkit.vision.lab import ab_bin_centres, decode_ab, lab_to_rgb, quantize_ab,
 
 AB_SCALE = 110.0
 HISTOGRAM_IMAGES = 512
+OUTPUT_STRIDE = 4
+"""Colours are predicted at a quarter of the resolution, as in Zhang et al.: colour varies slowly, and the
+per-pixel softmax over 484 bins is the costliest part of the task."""
 
 
 @dataclass
@@ -55,21 +58,22 @@ class Colorization(PretextTask):
         self.centres = ab_bin_centres()
         if self.classifying:
             self.class_weights = rebalancing_weights(self._ab_histogram(), mix=self.config.rebalance).to(self.device)
-        return Restorer(backbone, len(self.centres) if self.classifying else 2)
+        return Restorer(backbone, len(self.centres) if self.classifying else 2, OUTPUT_STRIDE)
 
     def _ab_histogram(self) -> torch.Tensor:
         """Bin counts over (up to) the first HISTOGRAM_IMAGES training images: the same on every process."""
         index = np.sort(self.train_index[:HISTOGRAM_IMAGES])
         lab = rgb_to_lab(self.crops(self.train_images.images[index], None))
-        bins = quantize_ab(lab[:, 1:], self.centres)
+        bins = quantize_ab(F.avg_pool2d(lab[:, 1:], OUTPUT_STRIDE), self.centres)
         return torch.bincount(bins.flatten(), minlength=len(self.centres)).float()
 
     def make_inputs(self, images: torch.Tensor, rngs: list[np.random.Generator]) -> dict:
         lab = rgb_to_lab(images)
         grey = (lab[:, :1] / 100.0).expand(-1, 3, -1, -1)
-        batch = {"pixel_values": self.normalize(grey), "lab": lab, "target": images}
+        ab = F.avg_pool2d(lab[:, 1:], OUTPUT_STRIDE)
+        batch = {"pixel_values": self.normalize(grey), "lab": lab, "ab": ab, "target": images}
         if self.classifying:
-            batch["bins"] = quantize_ab(lab[:, 1:], self.centres)
+            batch["bins"] = quantize_ab(ab, self.centres)
         return batch
 
     def loss(self, model: nn.Module, batch: dict, stage: str = MAIN_STAGE) -> torch.Tensor:
@@ -78,12 +82,13 @@ class Colorization(PretextTask):
             per_pixel = F.cross_entropy(prediction, batch["bins"], reduction="none")
             per_pixel = per_pixel * self.class_weights[batch["bins"]]
         else:
-            per_pixel = (prediction - batch["lab"][:, 1:] / AB_SCALE).square().sum(1)
+            per_pixel = (prediction - batch["ab"] / AB_SCALE).square().sum(1)
         return per_pixel.flatten(1).mean(1).sum()
 
     def heldout_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         prediction = model(batch["pixel_values"]).float()
         ab = decode_ab(prediction, self.centres.to(prediction.device)) if self.classifying else prediction * AB_SCALE
+        ab = F.interpolate(ab, scale_factor=OUTPUT_STRIDE, mode="bilinear", align_corners=False)
         lightness = batch["lab"][:, :1]
         coloured = lab_to_rgb(torch.cat([lightness, ab], 1))
         grey = lab_to_rgb(torch.cat([lightness, torch.zeros_like(ab)], 1))

@@ -32,11 +32,12 @@ class ImageToImageConfig(PretextConfig):
 
 
 class Restorer(PretextModel):
-    """Backbone + dense decoder; predicts a residual added to the degraded image."""
+    """Backbone + dense decoder, predicting at 1/output_stride of the input resolution."""
 
-    def __init__(self, backbone: Backbone, out_channels: int = 3):
+    def __init__(self, backbone: Backbone, out_channels: int = 3, output_stride: int = 1):
         super().__init__(backbone)
-        self.decoder = DenseDecoder(backbone.feature_dim, out_channels, upsampling_steps(backbone.stride))
+        steps = upsampling_steps(backbone.stride // output_stride)
+        self.decoder = DenseDecoder(backbone.feature_dim, out_channels, steps)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.backbone.feature_map(pixel_values))
