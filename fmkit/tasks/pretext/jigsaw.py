@@ -43,6 +43,16 @@ class JigsawModel(TileClassifier):
     def __init__(self, backbone: Backbone, permutations: np.ndarray):
         super().__init__(backbone, tiles=GRID * GRID, num_classes=len(permutations))
         self.register_buffer("permutations", torch.from_numpy(permutations))
+        self.register_load_state_dict_pre_hook(self._refuse_other_permutations)
+
+    def _refuse_other_permutations(self, module, state_dict: dict, prefix: str, *args) -> None:
+        """Labels index the permutation set: resuming with another set would silently train on wrong labels."""
+        saved = state_dict.get(prefix + "permutations")
+        if saved is not None and not torch.equal(saved.cpu(), self.permutations.cpu()):
+            raise ConfigError(
+                f"the checkpoint's jigsaw permutation set ({len(saved)} permutations) differs from this run's "
+                f"({len(self.permutations)}); resume with the num_permutations and permutation_seed it was saved with"
+            )
 
 
 @register_task

@@ -1,0 +1,389 @@
+"""The vision pretext recipe end to end, as a user runs it: real image files, processes, plain transformers reloads.
+
+Runs are tiny (32-pixel crops of a few dozen images written here with Pillow, three steps) except the default
+demo, which is run exactly as documented to show that the backbone it leaves behind beats a random one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_metrics, run_recipe, train_losses
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+
+from fmkit.vision.tiles import permutation_set
+
+BACKBONES = {
+    "resnet": ["--backbone_type", "resnet", "--backbone_config",
+               json.dumps({"embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1], "layer_type": "basic"})],
+    "vit": ["--backbone_type", "vit", "--backbone_config",
+            json.dumps({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+                        "patch_size": 8})],
+    "convnext": ["--backbone_type", "convnext", "--backbone_config",
+                 json.dumps({"hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2})],
+}  # fmt: skip
+IMAGE_SIZE = 32
+TINY = ["--image_size", str(IMAGE_SIZE), "--stored_size", "36", "--per_device_batch_size", "8",
+        "--heldout_images", "16", "--eval_batches", "2", "--report_to", "none"]  # fmt: skip
+TRAIN_IMAGES = 48
+HUE_CHANNELS = {"red": 0, "blue": 2}
+"""The probe classes: which colour channel dominates an image."""
+PROBE_CLASSES = tuple(HUE_CHANNELS)
+PROBE_SPLITS = {"probe_train": 12, "probe_test": 8}
+"""Images per class in each labelled split."""
+RESTORING_TASKS = {"colorization", "superres", "inpainting", "mim"}
+EVAL_KEYS = {"eval_loss", "linear_probe_accuracy", "knn_accuracy", "linear_probe_accuracy_random_backbone",
+             "knn_accuracy_random_backbone"}  # fmt: skip
+BACKBONE_PREFIX = "backbone.model."
+
+
+# -- images written with Pillow -------------------------------------------------------------------------------
+
+
+def scene(rng: np.random.Generator, width: int = 48, height: int = 40) -> Image.Image:
+    """A colour gradient under a few filled shapes: edges, colour and layout for every pretext task to use."""
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    start, end = rng.uniform(0, 255, size=(2, 3))
+    pixels = start * (1 - x[..., None]) + end * y[..., None]
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(3):
+        left, top = int(rng.integers(0, width - 12)), int(rng.integers(0, height - 12))
+        box = (left, top, left + int(rng.integers(8, width // 2)), top + int(rng.integers(8, height // 2)))
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        (draw.ellipse if rng.integers(2) else draw.rectangle)(box, fill=colour)
+    return image
+
+
+def stripes(rng: np.random.Generator, hue: str, size: int = 40) -> Image.Image:
+    """Stripes of random orientation, width and phase in two shades of `hue`: a class that frozen features of any
+    backbone separate, so a probe that reads the folders' labels right scores well above chance."""
+    width = int(rng.integers(2, 5))
+    bands = (np.arange(size) + int(rng.integers(0, 2 * width))) // width % 2
+    mask = np.broadcast_to(bands[:, None] if rng.integers(2) else bands[None, :], (size, size))
+    colours = rng.integers(0, 110, size=(2, 3))
+    colours[:, HUE_CHANNELS[hue]] = rng.integers(160, 256, size=2)
+    return Image.fromarray(colours.astype(np.uint8)[mask])
+
+
+def encoded(image: Image.Image, format: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def write_scenes(folder: Path, count: int, seed: int) -> None:
+    """`count` good RGB images, alternately PNG and JPEG."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        scene(rng).save(folder / f"scene_{i:03d}.{'png' if i % 2 else 'jpg'}")
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory) -> Path:
+    """train/ (unlabelled scenes) and probe_train/, probe_test/ in ImageFolder layout (red and blue stripes)."""
+    root = tmp_path_factory.mktemp("images")
+    write_scenes(root / "train", TRAIN_IMAGES, seed=0)
+    rng = np.random.default_rng(1)
+    for split, per_class in PROBE_SPLITS.items():
+        for label in PROBE_CLASSES:
+            (root / split / label).mkdir(parents=True)
+            for i in range(per_class):
+                stripes(rng, label).save(root / split / label / f"{i:02d}.png")
+    return root
+
+
+def probe_args(images: Path) -> list[str]:
+    return ["--probe_train_images", str(images / "probe_train"), "--probe_test_images", str(images / "probe_test")]
+
+
+def data_args(images: Path) -> list[str]:
+    return ["--train_images", str(images / "train"), *probe_args(images)]
+
+
+# -- running the recipe ---------------------------------------------------------------------------------------
+
+
+def pretext(out: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run_recipe(["--output_dir", str(out), *args], recipe="pretext.py", check=check)
+
+
+def tiny_run(
+    out: Path, images: Path, task: str, backbone: str, *args: str, check: bool = True
+) -> subprocess.CompletedProcess:
+    """A few steps of `task` on the test images, logging every step and evaluating and saving at step 3."""
+    return pretext(out, "--task", task, *BACKBONES[backbone], *data_args(images), *TINY, "--max_steps", "3",
+                   "--log_every", "1", "--eval_every", "3", "--save_every", "3", *args, check=check)  # fmt: skip
+
+
+def evaluations(out: Path) -> dict[int, dict]:
+    return {m["step"]: m for m in read_metrics(out) if "eval_loss" in m}
+
+
+def checkpoint_weights(checkpoint: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Each saved module's weights (model.safetensors, model_1.safetensors, ... one per training stage)."""
+    return {path.name: load_file(path) for path in sorted(checkpoint.glob("model*.safetensors"))}
+
+
+def main_model_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The weights of the stage that holds the backbone (the exported one)."""
+    stages = checkpoint_weights(checkpoint).values()
+    (weights,) = [w for w in stages if any(k.startswith(BACKBONE_PREFIX) for k in w)]
+    return weights
+
+
+# A fresh process with plain transformers (no fmkit): the export loads, its processor makes the trained input
+# size from a picture of another size, and the model runs on it. The weights it loaded go to argv[2].
+LOAD_EXPORT = """
+import json, sys, torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel
+out, weights = sys.argv[1:]
+model, info = AutoModel.from_pretrained(out, output_loading_info=True)
+processor = AutoImageProcessor.from_pretrained(out)
+picture = Image.new("RGB", (57, 41), (200, 30, 90))
+pixels = processor(picture, return_tensors="pt")["pixel_values"]
+with torch.no_grad():
+    hidden = model.eval()(pixel_values=pixels).last_hidden_state
+assert "fmkit" not in sys.modules
+torch.save(model.state_dict(), weights)
+print(json.dumps({"model_type": model.config.model_type, "pixels": list(pixels.shape), "hidden": list(hidden.shape),
+                  "finite": bool(torch.isfinite(hidden).all()), "missing": sorted(info["missing_keys"]),
+                  "unexpected": sorted(info["unexpected_keys"])}))
+"""
+
+
+def load_export_with_transformers(out: Path, weights: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """What the fresh process reports, and the state dict of the model it loaded."""
+    command = [sys.executable, "-c", LOAD_EXPORT, str(out), str(weights)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1]), torch.load(weights)
+
+
+# -- every task end to end ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task", "backbone"),
+    [
+        ("rotation", "resnet"),
+        ("jigsaw", "resnet"),
+        ("context", "convnext"),
+        ("colorization", "resnet"),
+        ("superres", "convnext"),
+        ("inpainting", "resnet"),
+        ("mim", "vit"),
+    ],
+)
+def test_task_trains_evaluates_and_exports_a_plain_backbone(tmp_path, images, task, backbone):
+    out = tmp_path / "run"
+    tiny_run(out, images, task, backbone)
+
+    losses = train_losses(out)
+    assert sorted(losses) == [1, 2, 3] and all(math.isfinite(v) for v in losses.values()), losses
+    assert all("data_wait_fraction" in m for m in read_metrics(out) if "loss" in m)
+    evals = evaluations(out)
+    assert sorted(evals) == [0, 3]
+    expected = EVAL_KEYS | ({"eval_psnr"} if task in RESTORING_TASKS else set())
+    for record in evals.values():
+        assert expected <= record.keys(), record
+        assert all(math.isfinite(record[key]) for key in expected), record
+        assert all(0.0 <= record[key] <= 1.0 for key in EVAL_KEYS - {"eval_loss"}), record
+    assert evals[3]["eval_loss"] != evals[0]["eval_loss"], "three steps left the model unchanged"
+
+    loaded, weights = load_export_with_transformers(out, tmp_path / "loaded.pt")
+    assert loaded["model_type"] == backbone and loaded["finite"]
+    assert loaded["pixels"] == [1, 3, IMAGE_SIZE, IMAGE_SIZE]
+    assert loaded["hidden"][0] == 1 and not loaded["unexpected"]
+    # ViTs are trained without their pooler (nothing would train it): transformers adds a fresh one on load.
+    assert all(key.startswith("pooler.") for key in loaded["missing"]) and (backbone == "vit" or not loaded["missing"])
+
+    trained = main_model_weights(out / "checkpoints" / "step_3")
+    backbone_part = {k[len(BACKBONE_PREFIX) :]: v for k, v in trained.items() if k.startswith(BACKBONE_PREFIX)}
+    assert len(backbone_part) < len(trained), "the checkpoint should also hold the pretext head"
+    # The export holds one tensor per backbone weight and nothing else (transformers may save them under its
+    # legacy names) ...
+    assert len(load_file(out / "model.safetensors")) == len(backbone_part)
+    # ... and what plain transformers loads from it is the trained backbone, bit for bit.
+    reloaded = {key: value for key, value in weights.items() if key not in loaded["missing"]}
+    assert reloaded.keys() == backbone_part.keys()
+    assert all(torch.equal(reloaded[key], backbone_part[key]) for key in reloaded)
+
+
+# -- exact resume of two-optimizer (adversarial) training -----------------------------------------------------
+
+
+def test_adversarial_training_resumes_exactly(tmp_path, images):
+    # A constant schedule (after 2 warmup steps) makes a 3-step run a true prefix of a 6-step one.
+    args = ["--adversarial_weight", "0.01", "--lr_scheduler", "constant", "--warmup_steps", "2", "--max_steps", "6"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    tiny_run(straight, images, "inpainting", "resnet", *args)
+    tiny_run(resumed, images, "inpainting", "resnet", *args, "--max_steps", "3")
+    assert sorted(train_losses(resumed)) == [1, 2, 3]
+    checkpoint = resumed / "checkpoints" / "step_3"
+    assert {"optimizer.bin", "optimizer_1.bin"} <= {path.name for path in checkpoint.iterdir()}
+    assert len(checkpoint_weights(checkpoint)) == 2, "discriminator and generator are saved apart"
+    tiny_run(resumed, images, "inpainting", "resnet", *args, "--resume_from_checkpoint", "latest")
+
+    def per_step(out: Path) -> dict[int, tuple[float, float]]:
+        return {m["step"]: (m["loss"], m["discriminator_loss"]) for m in read_metrics(out) if "loss" in m}
+
+    assert sorted(per_step(straight)) == [1, 2, 3, 4, 5, 6]
+    assert per_step(resumed) == per_step(straight)
+    assert evaluations(resumed)[6] == evaluations(straight)[6]
+
+
+# -- jigsaw's permutation set ---------------------------------------------------------------------------------
+
+
+JIGSAW = ["--num_permutations", "24"]
+
+
+@pytest.fixture(scope="module")
+def jigsaw_runs(tmp_path_factory, images) -> list[Path]:
+    """Two 3-step jigsaw runs that differ in their seed, each with a checkpoint at step 3."""
+    runs = [tmp_path_factory.mktemp("jigsaw") / f"seed{seed}" for seed in (1, 2)]
+    for seed, out in enumerate(runs, start=1):
+        tiny_run(out, images, "jigsaw", "resnet", *JIGSAW, "--seed", str(seed))
+    return runs
+
+
+def test_jigsaw_permutations_are_checkpointed_and_deterministic(jigsaw_runs):
+    expected = torch.from_numpy(permutation_set(24))
+    for out in jigsaw_runs:
+        assert torch.equal(main_model_weights(out / "checkpoints" / "step_3")["permutations"], expected)
+
+
+@pytest.mark.parametrize("change", [["--permutation_seed", "1"], ["--num_permutations", "30"]])
+def test_jigsaw_resume_refuses_another_permutation_set(tmp_path, images, jigsaw_runs, change):
+    """Labels index the permutation set: continuing with another one would train the head on wrong answers."""
+    out = tmp_path / "run"
+    shutil.copytree(jigsaw_runs[0], out)
+    result = tiny_run(out, images, "jigsaw", "resnet", *JIGSAW, "--seed", "1", *change, "--max_steps", "6",
+                      "--resume_from_checkpoint", "latest", check=False)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and "permutation" in error_lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+# -- bad images inside good data ------------------------------------------------------------------------------
+
+GOOD = 16
+CONVERTED = 4
+SKIPPED = "4 bad images (1 empty, 1 too_large, 1 truncated, 1 undecodable)"
+
+
+def write_mixed_folder(folder: Path) -> None:
+    """Good RGB images, odd modes that must be converted, and four files that must be skipped."""
+    write_scenes(folder, GOOD, seed=2)
+    rng = np.random.default_rng(3)
+    picture = scene(rng)
+    picture.convert("CMYK").save(folder / "cmyk.jpg")
+    rgba = picture.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
+    rgba.save(folder / "rgba.png")
+    grey = np.asarray(picture.convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(grey).save(folder / "sixteen_bit.png")
+    assert Image.open(folder / "sixteen_bit.png").mode.startswith("I")
+    picture.convert("L").save(folder / "grey.png")
+    scene(rng, width=100, height=80).save(folder / "huge.png")
+    noise = encoded(Image.fromarray(rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)), "JPEG")
+    (folder / "truncated.jpg").write_bytes(noise[: len(noise) * 2 // 3])  # header intact, scan data cut short
+    (folder / "random.jpg").write_bytes(rng.bytes(3000))
+    (folder / "empty.png").write_bytes(b"")
+
+
+def test_bad_images_are_skipped_and_counted_odd_modes_converted(tmp_path, images):
+    mixed, out = tmp_path / "mixed", tmp_path / "run"
+    write_mixed_folder(mixed)
+    result = pretext(out, "--train_images", str(mixed), *probe_args(images), *BACKBONES["resnet"], *TINY,
+                     "--heldout_images", "8", "--max_image_pixels", "5000", "--max_steps", "2",
+                     "--eval_every", "2")  # fmt: skip
+    assert f"{mixed}: skipped {SKIPPED}" in result.stderr
+    assert "1 over max_pixels=5,000 were refused" in result.stderr
+    card = (out / "README.md").read_text()
+    assert f"{GOOD + CONVERTED} images from {mixed} (4 skipped:" in card
+
+    final = evaluations(out)[2]
+    print(f"\nred/blue probes: linear {final['linear_probe_accuracy']}, kNN {final['knn_accuracy']}")
+    assert final["linear_probe_accuracy"] >= 0.75 and final["knn_accuracy"] >= 0.75, final
+    # Scored on the 16 test stripes (a multiple of 1/16), not on the embedded digits (500 of them).
+    assert (final["linear_probe_accuracy"] * len(PROBE_CLASSES) * PROBE_SPLITS["probe_test"]).is_integer()
+
+
+# -- other sources --------------------------------------------------------------------------------------------
+
+
+def write_shard(folder: Path, count: int) -> str:
+    from webdataset import TarWriter
+
+    path, rng = folder / "images.tar", np.random.default_rng(4)
+    with TarWriter(str(path)) as shard:
+        for i in range(count):
+            shard.write({"__key__": f"sample{i:04d}", "png": encoded(scene(rng), "PNG")})
+    return str(path)
+
+
+def write_hf_dataset(folder: Path, count: int) -> str:
+    import datasets
+
+    path, rng = folder / "dataset", np.random.default_rng(5)
+    features = datasets.Features({"image": datasets.Image()})
+    datasets.Dataset.from_dict({"image": [scene(rng) for _ in range(count)]}, features=features).save_to_disk(path)
+    return f"hf:{path}"
+
+
+@pytest.mark.parametrize("write", [write_shard, write_hf_dataset], ids=["webdataset", "hf"])
+def test_trains_on_other_image_sources(tmp_path, images, write):
+    source, out = write(tmp_path, 24), tmp_path / "run"
+    pretext(out, "--train_images", source, *probe_args(images), *BACKBONES["resnet"], *TINY, "--max_steps", "2",
+            "--eval_every", "2")  # fmt: skip
+    assert sorted(train_losses(out)) == [2]
+    assert f"24 images from {source}" in (out / "README.md").read_text()
+
+
+# -- one-line errors ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--task", "nope"], "--task 'nope': expected one of rotation, jigsaw, context"),
+        (["--task", "mim", "--backbone_type", "resnet"], "task mim needs a ViT backbone (backbone_type vit)"),
+        (["--train_images", "/no/such/dir"], "/no/such/dir: no such file or folder"),
+        (["--stored_size", "16", "--image_size", "32"], "stored_size 16 is smaller than image_size 32"),
+    ],
+)
+def test_bad_input_is_one_line_error(tmp_path, images, args, expected):
+    result = pretext(tmp_path / "o", *data_args(images), *TINY, *BACKBONES["resnet"], *args, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and expected in error_lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+# -- the documented demo --------------------------------------------------------------------------------------
+
+
+def test_default_demo_beats_a_random_backbone(tmp_path):
+    """`python recipes/pretext.py`: rotation on the embedded images, 300 steps, as the README promises."""
+    out = tmp_path / "demo"
+    pretext(out, "--report_to", "none")
+    final = evaluations(out)[300]
+    print("\ndemo at step 300: " + ", ".join(f"{key} {final[key]:.4f}" for key in sorted(final)))
+    assert final["eval_accuracy"] > 0.5, final  # chance is 0.25
+    assert final["linear_probe_accuracy"] > final["linear_probe_accuracy_random_backbone"], final
+    assert final["knn_accuracy"] > final["knn_accuracy_random_backbone"], final
