@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fmkit.config import TrainConfig
-from fmkit.data.loader import Sharding
+from fmkit.data.loader import MakeBatch, Sharding, train_loader
 from fmkit.hub import ModelCard
 
 MAIN_STAGE = "model"
@@ -78,6 +78,22 @@ class Task(ABC):
 
     @abstractmethod
     def model_card(self, training: dict[str, object], metrics: dict[str, float]) -> ModelCard: ...
+
+    def indexed_batches(
+        self, num_samples: int, make_batch: MakeBatch, start: int, sharding: Sharding
+    ) -> Iterator[dict]:
+        """`train_batches` for data addressed by sample index, with the config's batch size, seed and workers."""
+        config = self.config
+        return train_loader(
+            num_samples,
+            make_batch,
+            config.per_device_batch_size,
+            sharding,
+            config.seed,
+            start,
+            config.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def flops_per_token(self) -> float | None:
         """Training FLOPs per token for MFU; None where tokens are not the unit of work."""

@@ -15,7 +15,7 @@ from accelerate.utils import send_to_device
 from torch import nn
 from transformers import AutoConfig, AutoModelForMaskedLM
 
-from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches, sample_seeds, train_loader
+from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches, sample_seeds
 from fmkit.data.masking import IGNORE_INDEX, Masker
 from fmkit.data.packing import PackedBlocks
 from fmkit.data.text import TextDataConfig, prepare_text_data
@@ -61,7 +61,6 @@ class MaskedLM(Task):
         self.masker = Masker(self.tokenizer, config.mlm_probability, config.whole_word_masking)
         self.head = MaskedPositionsOnly(model)
         self.sharding = Sharding(accelerator.process_index, accelerator.num_processes)
-        self.device = accelerator.device
         self.model_config = model.config
         self.num_parameters = sum(p.numel() for p in model.parameters())
         self.embedding_parameters = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
@@ -73,15 +72,11 @@ class MaskedLM(Task):
         return {"input_ids": input_ids, "labels": labels}
 
     def train_batches(self, start: int, sharding: Sharding) -> Iterator[dict]:
-        return train_loader(
+        return self.indexed_batches(
             len(self.train_blocks),
             lambda indices, positions: self._batch(self.train_blocks, TRAIN_STREAM, indices, positions),
-            self.config.per_device_batch_size,
-            sharding,
-            self.config.seed,
             start,
-            self.config.num_workers,
-            pin_memory=self.device.type == "cuda",
+            sharding,
         )
 
     def count(self, batch: dict) -> BatchCount:

@@ -26,7 +26,7 @@ from torch import nn
 from fmkit.config import TrainConfig
 from fmkit.data.embedded_images import EMBEDDED_DESCRIPTION, embedded_images
 from fmkit.data.image_array import ImageArray, load_image_array
-from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches, sample_seeds, train_loader
+from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches, sample_seeds
 from fmkit.errors import ConfigError, DataError
 from fmkit.eval.probe import knn_accuracy, linear_probe_accuracy
 from fmkit.hub import ModelCard
@@ -180,15 +180,11 @@ class PretextTask(Task):
         return self.make_inputs(self.crops(images, rngs if stream == TRAIN_STREAM else None), rngs)
 
     def train_batches(self, start: int, sharding: Sharding) -> Iterator[dict]:
-        return train_loader(
+        return self.indexed_batches(
             len(self.train_index),
             lambda indices, positions: self._batch(self.train_index, TRAIN_STREAM, indices, positions),
-            self.config.per_device_batch_size,
-            sharding,
-            self.config.seed,
             start,
-            self.config.num_workers,
-            pin_memory=self.device.type == "cuda",
+            sharding,
         )
 
     def evaluate(self, model: nn.Module, accelerator) -> dict[str, float]:
@@ -207,7 +203,7 @@ class PretextTask(Task):
                 sums[name] = sums.get(name, 0) + value.detach().double()
         names = sorted(sums)
         totals = accelerator.reduce(torch.stack([sums[n] for n in names] + [items]), "sum").tolist()
-        metrics = {f"eval_{name}": total / max(totals[-1], 1.0) for name, total in zip(names, totals, strict=False)}
+        metrics = {f"eval_{name}": total / max(totals[-1], 1.0) for name, total in zip(names, totals[:-1], strict=True)}
         metrics.update(self._representation_metrics(accelerator.unwrap_model(model).backbone, accelerator))
         metrics.update(self.random_backbone_metrics)
         return metrics
@@ -221,15 +217,14 @@ class PretextTask(Task):
         features = []
         for split in (self.probe_train, self.probe_test):
             per_rank = len(split.images) // self.sharding.world
+            used = per_rank * self.sharding.world
             if baseline:
-                shards = [(0, per_rank * self.sharding.world)]
+                feats = self._features(backbone, split.images, 0, used)
             else:
                 first = self.sharding.rank * per_rank
-                shards = [(first, first + per_rank)]
-            feats = self._features(backbone, split.images, *shards[0])
-            if not baseline:
+                feats = self._features(backbone, split.images, first, first + per_rank)
                 feats = accelerator.gather(feats.to(accelerator.device)).cpu()
-            features.append((feats.float().numpy(), split.labels[: per_rank * self.sharding.world]))
+            features.append((feats.float().numpy(), split.labels[:used]))
         (train_x, train_y), (test_x, test_y) = features
         suffix = "_random_backbone" if baseline else ""
         return {

@@ -49,6 +49,17 @@ class ImageToImagePretext(PretextTask):
     config: ImageToImageConfig
     pixel_loss: Literal["l1", "l2"] = "l1"
 
+    @property
+    def restoration(self) -> str:
+        """What is restored, for the model card, e.g. "super-resolution x4"."""
+        raise NotImplementedError
+
+    @property
+    def pipeline_note(self) -> str:
+        weight = self.config.adversarial_weight
+        adversarial = f" + {weight} x adversarial" if weight else ""
+        return f"{self.restoration}: {self.pixel_loss.upper()}{adversarial}"
+
     def build_model(self, backbone: Backbone) -> Restorer:
         self.restorer = Restorer(backbone)
         return self.restorer

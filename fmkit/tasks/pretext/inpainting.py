@@ -39,10 +39,8 @@ class Inpainting(ImageToImagePretext):
     pixel_loss = "l2"
 
     @property
-    def pipeline_note(self) -> str:
-        adversarial = f" + {self.config.adversarial_weight} x adversarial" if self.config.adversarial_weight else ""
-        square = f"{self.config.mask_mode} square, {self.config.mask_fraction:.0%} of the side"
-        return f"inpainting ({square}): L2{adversarial}"
+    def restoration(self) -> str:
+        return f"inpainting ({self.config.mask_mode} square, {self.config.mask_fraction:.0%} of the side)"
 
     def make_inputs(self, images: torch.Tensor, rngs: list[np.random.Generator]) -> dict:
         size, config = images.shape[-1], self.config

@@ -42,7 +42,8 @@ class JigsawConfig(PretextConfig):
 class JigsawModel(TileClassifier):
     def __init__(self, backbone: Backbone, permutations: np.ndarray):
         super().__init__(backbone, tiles=GRID * GRID, num_classes=len(permutations))
-        self.register_buffer("permutations", torch.from_numpy(permutations))
+        # A copy, so that loading a checkpoint never writes into the task's array.
+        self.register_buffer("permutations", torch.tensor(permutations))
         self.register_load_state_dict_pre_hook(self._refuse_other_permutations)
 
     def _refuse_other_permutations(self, module, state_dict: dict, prefix: str, *args) -> None:

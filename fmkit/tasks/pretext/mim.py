@@ -16,7 +16,7 @@ from torch import nn
 
 from fmkit.errors import ConfigError
 from fmkit.eval.image_quality import psnr
-from fmkit.models.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from fmkit.models.backbone import Backbone
 from fmkit.tasks import register_task
 from fmkit.tasks.base import MAIN_STAGE
 from fmkit.tasks.pretext.common import PretextConfig, PretextModel, PretextTask
@@ -113,8 +113,7 @@ class MaskedImageModeling(PretextTask):
         mask = batch["mask"].unsqueeze(-1)
         filled = torch.where(mask, prediction * std + mean, patches)
         size = batch["pixel_values"].shape[-1]
-        image_stats = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        mean_rgb, std_rgb = (t.to(prediction.device) for t in image_stats)
+        mean_rgb, std_rgb = self.mean.to(prediction.device), self.std.to(prediction.device)
         restored = (unpatchify(filled, self.patch, 3, size, size) * std_rgb + mean_rgb).clamp(0, 1)
         original = (batch["pixel_values"].float() * std_rgb + mean_rgb).clamp(0, 1)
         return {"loss": self._masked_error(prediction, patches, batch["mask"]), "psnr": psnr(restored, original).sum()}

@@ -35,9 +35,8 @@ class SuperResolution(ImageToImagePretext):
     pixel_loss = "l1"
 
     @property
-    def pipeline_note(self) -> str:
-        adversarial = f" + {self.config.adversarial_weight} x adversarial" if self.config.adversarial_weight else ""
-        return f"super-resolution x{self.config.scale_factor}: L1{adversarial}"
+    def restoration(self) -> str:
+        return f"super-resolution x{self.config.scale_factor}"
 
     def make_inputs(self, images: torch.Tensor, rngs: list[np.random.Generator]) -> dict:
         return self.pack(low_resolution(images, self.config.scale_factor), images, torch.ones_like(images[:, :1]))
