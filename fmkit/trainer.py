@@ -228,7 +228,7 @@ class Trainer:
         for stage in self.stages.values():
             stage.model.eval()
         with torch.no_grad():
-            metrics = self.task.evaluate(model, accelerator)
+            metrics = self.task.evaluate(model, accelerator, step)
         for stage in self.stages.values():
             stage.model.train()
         log.log(step, metrics)

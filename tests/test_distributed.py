@@ -125,3 +125,24 @@ def test_adversarial_task_refuses_deepspeed(tmp_path):
                  launcher=launch("deepspeed_zero2.yaml"), check=False)  # fmt: skip
     assert result.returncode != 0
     assert "DeepSpeed runs one engine per model" in result.stderr
+
+
+# --- causal LM: a tiny GPT-2 from scratch (DDP starts every rank from rank 0's weights) -------------------
+
+TINY_GPT = json.dumps({"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64,
+                       "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})  # fmt: skip
+
+
+def test_causal_lm_two_processes_match_one(tmp_path, text_files):
+    train, held_out = text_files
+    common = ["--train_files", str(train), "--eval_files", str(held_out), "--model_config", TINY_GPT,
+              "--vocab_size", "512", *TINY_TRAINING, "--document_aware", "true", "--max_steps", "8",
+              "--log_every", "1", "--eval_every", "8", "--save_every", "0", "--samples", "1"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    run([*common, "--output_dir", str(one), "--per_device_batch_size", "16"], recipe="clm.py")
+    ddp = launch("ddp.yaml")
+    run([*common, "--output_dir", str(two), "--per_device_batch_size", "8"], recipe="clm.py", launcher=ddp)
+    assert train_losses(two)[1] == pytest.approx(train_losses(one)[1], rel=1e-5)
+    assert train_losses(two)[8] == pytest.approx(train_losses(one)[8], rel=1e-3)
+    assert eval_losses(two)[8] == pytest.approx(eval_losses(one)[8], rel=1e-3)
+    assert eval_losses(two)[8] < eval_losses(two)[0]

@@ -1,13 +1,15 @@
-"""From a text-recipe config to a tokenizer and cached token shards for training and evaluation.
+"""From a text-recipe config to a tokenizer and token shards for training and evaluation.
 
-Shared by the text objectives. Documents are read once per split and tokenized by the Rust tokenizer on
-every core straight into a token shard on disk (never the whole corpus in memory). Shards are cached
-by (source, tokenizer), and processes on a machine wait on a file lock, not a collective, while one of
-them tokenizes.
+Shared by the text objectives. Text (files, a HF dataset, the embedded corpus) is read once per split and
+tokenized by the Rust tokenizer on every core straight into a token shard on disk (never the whole corpus
+in memory). Shards are cached by (source, tokenizer), and processes on a machine wait on a file lock, not
+a collective, while one of them tokenizes. Corpora tokenized ahead of time (data_scripts/tokenize_corpus.py,
+or datatrove) are memory-mapped as they are.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from fmkit.config import TrainConfig
 from fmkit.data.cache import build_once, cache_root, fingerprint
 from fmkit.data.corpus import python_docs_corpus
 from fmkit.data.documents import ReadStats, TextSource, expand_files, iter_documents, report_read_stats
+from fmkit.data.packing import EveryKthBlock, PackedBlocks
 from fmkit.data.token_shards import TokenShard, encode_documents, write_token_shard
 from fmkit.data.tokenizer import SpecialTokens, cached_trained_tokenizer, load_tokenizer, tokenizer_fingerprint
 from fmkit.errors import ConfigError, DataError
@@ -46,7 +49,13 @@ class TextDataConfig(TrainConfig):
     """Column / JSON key holding the text."""
     streaming: bool = False
     """Read a Hub dataset lazily instead of downloading it first; tokens still go to the on-disk cache."""
+    train_shards: str | list[str] | None = None
+    """Pre-tokenized token shards (folders or globs of .ds files from data_scripts/tokenize_corpus.py or datatrove)
+    to train on instead of text; memory-mapped, so the corpus may exceed memory."""
+    eval_shards: str | list[str] | None = None
+    """Held-out token shards; without them every k-th block of train_shards is held out (see eval_fraction)."""
     eval_fraction: float = 0.01
+    """Share of documents (of blocks, for token shards) held out when no held-out files or shards are given."""
     tokenizer_name_or_path: str | None = None
     """A pretrained tokenizer; without it a new one is trained on the training text and saved with the model."""
     tokenizer_type: Literal["wordpiece", "bpe", "unigram"] = "wordpiece"
@@ -64,15 +73,35 @@ class TextDataConfig(TrainConfig):
     """Overrides for the new model's config, e.g. {hidden_size: 256, num_hidden_layers: 4}."""
 
 
+Blocks = PackedBlocks | EveryKthBlock
+
+
 @dataclass
 class TextData:
     tokenizer: PreTrainedTokenizerBase
-    train: TokenShard
-    eval: TokenShard
+    train: list[TokenShard]
+    eval: list[TokenShard]
+    hold_out_every: int
+    """Without held-out shards, every k-th block of the training shards is held out."""
     description: str
+
+    def blocks(self, block_size: int, overlap: int = 0) -> tuple[Blocks, Blocks]:
+        """(training blocks, held-out blocks); see PackedBlocks for `overlap`."""
+        train = PackedBlocks([shard.tokens for shard in self.train], block_size, overlap)
+        if self.hold_out_every:
+            k = self.hold_out_every
+            held_out: Blocks = EveryKthBlock(train, k, held_out=True)
+            train = EveryKthBlock(train, k, held_out=False)
+        else:
+            held_out = PackedBlocks([shard.tokens for shard in self.eval], block_size, overlap)
+        if len(held_out) == 0:
+            raise DataError(f"{self.description}: the held-out split is shorter than one block of {block_size} tokens")
+        return train, held_out
 
 
 def prepare_text_data(config: TextDataConfig, specials: SpecialTokens) -> TextData:
+    if config.train_shards:
+        return _pretokenized(config)
     train_docs, eval_docs, key, description = _sources(config)
     if config.tokenizer_name_or_path:
         tokenizer = load_tokenizer(config.tokenizer_name_or_path)
@@ -90,7 +119,57 @@ def prepare_text_data(config: TextDataConfig, specials: SpecialTokens) -> TextDa
     for role, shard in (("training", train), ("held-out", held_out)):
         if shard.info.documents == 0:
             raise DataError(f"{description}: the {role} split has no text")
-    return TextData(tokenizer, train, held_out, description)
+    return TextData(tokenizer, [train], [held_out], 0, description)
+
+
+def _pretokenized(config: TextDataConfig) -> TextData:
+    if config.train_files or config.dataset_name:
+        raise ConfigError("set either train_shards or train_files/dataset_name, not both")
+    train_files = shard_files(_as_tuple(config.train_shards))
+    eval_files = shard_files(_as_tuple(config.eval_shards)) if config.eval_shards else []
+    tokenizer = load_tokenizer(config.tokenizer_name_or_path or _tokenizer_beside(train_files[0]))
+    train, held_out = [TokenShard(f) for f in train_files], [TokenShard(f) for f in eval_files]
+    for shard in train + held_out:
+        shard.check_tokenizer(tokenizer)
+    tokens = sum(len(shard) for shard in train)
+    description = f"token shards {', '.join(_as_tuple(config.train_shards))} ({len(train)} files, {tokens:,} tokens)"
+    if tokens == 0:
+        raise DataError(f"{description}: no tokens")
+    return TextData(tokenizer, train, held_out, 0 if held_out else _hold_out_stride(config), description)
+
+
+def shard_files(patterns: tuple[str, ...]) -> list[Path]:
+    """`.ds` token files from files, folders (recursively) and globs, in sorted order."""
+    found: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern).expanduser()
+        if path.is_dir():
+            found += sorted(path.rglob("*.ds"))
+        elif path.is_file():
+            found.append(path)
+        elif any(ch in pattern for ch in "*?["):
+            found += sorted(Path(p) for p in glob.glob(str(path), recursive=True) if p.endswith(".ds"))
+        else:
+            raise DataError(f"{pattern}: no such token shard file or folder")
+    if not found:
+        raise DataError(f"{', '.join(patterns)}: no .ds token shards found")
+    return found
+
+
+def _tokenizer_beside(shard: Path) -> str:
+    """tokenize_corpus.py saves the tokenizer next to its shards: use it unless told otherwise."""
+    if (shard.parent / "tokenizer_config.json").is_file():
+        return str(shard.parent)
+    raise ConfigError(
+        f"{shard.parent}: no tokenizer saved beside the token shards; "
+        "set tokenizer_name_or_path to the tokenizer they were written with"
+    )
+
+
+def _hold_out_stride(config: TextDataConfig) -> int:
+    if not 0.0 < config.eval_fraction < 0.5:
+        raise ConfigError(f"eval_fraction {config.eval_fraction}: expected a value between 0 and 0.5")
+    return round(1 / config.eval_fraction)
 
 
 def _sources(config: TextDataConfig) -> tuple[Documents, Documents, str, str]:
@@ -119,9 +198,7 @@ def _sources(config: TextDataConfig) -> tuple[Documents, Documents, str, str]:
         return _reader(train), _reader(evaluation), fingerprint(str(corpus.train)), corpus.description
     if evaluation is not None:
         return _reader(train), _reader(evaluation), key, train.describe()
-    if not 0.0 < config.eval_fraction < 0.5:
-        raise ConfigError(f"eval_fraction {config.eval_fraction}: expected a value between 0 and 0.5")
-    stride = round(1 / config.eval_fraction)
+    stride = _hold_out_stride(config)
     description = f"{train.describe()} (every {stride}th document held out)"
     return _reader(train, stride, keep_held_out=False), _reader(train, stride, keep_held_out=True), key, description
 

@@ -109,6 +109,14 @@ def write_token_shard(
     return info
 
 
+def _datatrove_token_bytes(path: Path) -> int:
+    """A shard written by datatrove itself has no sidecar: its metadata's token count gives the width."""
+    metadata = path.with_name(path.name + ".metadata")
+    lines = metadata.read_text().splitlines() if metadata.is_file() else []
+    tokens = int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else 0
+    return path.stat().st_size // tokens if tokens else 2
+
+
 def _replace(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
@@ -132,7 +140,7 @@ class TokenShard:
             raise DataError(f"{self.path}: no such token shard")
         sidecar = self.path.with_name(self.path.name + ".json")
         self.info = ShardInfo(**json.loads(sidecar.read_text())) if sidecar.is_file() else None
-        dtype = np.dtype(f"<u{self.info.token_bytes if self.info else 2}")
+        dtype = np.dtype(f"<u{self.info.token_bytes if self.info else _datatrove_token_bytes(self.path)}")
         empty = self.path.stat().st_size == 0  # mmap refuses empty files
         self.tokens = np.zeros(0, dtype) if empty else np.memmap(self.path, dtype=dtype, mode="r")
         index = self.path.with_name(self.path.name + ".index")

@@ -69,8 +69,11 @@ class Task(ABC):
         """
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, accelerator) -> dict[str, float]:
-        """Held-out metrics; collective (every process takes part), results identical on every process."""
+    def evaluate(self, model: nn.Module, accelerator, step: int) -> dict[str, float]:
+        """Held-out metrics after `step` optimizer steps.
+
+        Collective (every process takes part); the results are identical on every process.
+        """
 
     @abstractmethod
     def export(self, model: nn.Module, state_dict: dict, output_dir: Path) -> None:

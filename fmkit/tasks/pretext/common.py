@@ -187,7 +187,7 @@ class PretextTask(Task):
             sharding,
         )
 
-    def evaluate(self, model: nn.Module, accelerator) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, accelerator, step: int) -> dict[str, float]:
         sums: dict[str, torch.Tensor] = {}
         items = torch.zeros((), dtype=torch.float64, device=accelerator.device)
         batches = eval_batches(
