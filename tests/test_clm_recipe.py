@@ -13,9 +13,10 @@ from conftest import RECIPES, TINY_TRAINING, eval_losses, jsonl_texts, read_metr
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from fmkit.config import parse_config
+from fmkit.data.documents import TextSource
 from fmkit.data.loader import GlobalBatchSampler, Sharding
 from fmkit.data.packing import EveryKthBlock, PackedBlocks, document_position_ids
-from fmkit.data.token_shards import encode_documents, write_token_shard
+from fmkit.data.shard_writer import write_token_shards
 from fmkit.data.tokenizer import BERT_SPECIALS, train_tokenizer
 from fmkit.tasks.clm import CLM_SPECIALS, CLMConfig
 
@@ -142,18 +143,18 @@ def test_demo_trains_and_generates_in_a_fresh_process(tmp_path):
     assert "text-generation" in (out / "README.md").read_text()
 
 
-def write_shards(folder, texts: list[str], tokenizer, pieces: int = 2) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(folder)
-    for index, part in enumerate(np.array_split(np.array(texts, dtype=object), pieces)):
-        write_token_shard(folder / f"{index:05d}.ds", encode_documents(list(part), tokenizer), tokenizer)
+def write_shards(folder, text_file, tokenizer) -> None:
+    """With the writer users run (data_scripts/tokenize_corpus.py): several shards, tokenizer saved beside."""
+    tokenizer_dir = folder.with_name(folder.name + "-tokenizer")
+    tokenizer.save_pretrained(tokenizer_dir)
+    write_token_shards(TextSource(files=(str(text_file),)), str(tokenizer_dir), folder, docs_per_shard=500, workers=1)
 
 
 @pytest.fixture(scope="module")
 def clm_shards(tmp_path_factory, text_files):
-    texts = jsonl_texts(text_files[0])
     folder = tmp_path_factory.mktemp("shards") / "clm"
-    write_shards(folder, texts, train_tokenizer(texts, "bpe", 512, CLM_SPECIALS), pieces=3)
+    write_shards(folder, text_files[0], train_tokenizer(jsonl_texts(text_files[0]), "bpe", 512, CLM_SPECIALS))
+    assert len(list(folder.glob("*.ds"))) == 3  # 1,200 documents
     return folder
 
 
@@ -183,9 +184,8 @@ def test_resume_on_token_shards_is_exact(tmp_path, clm_shards):
 
 
 def test_masked_lm_trains_on_the_same_shard_format(tmp_path, text_files):
-    texts = jsonl_texts(text_files[0])
     shards = tmp_path / "bert-shards"
-    write_shards(shards, texts, train_tokenizer(texts, "wordpiece", 512, BERT_SPECIALS))
+    write_shards(shards, text_files[0], train_tokenizer(jsonl_texts(text_files[0]), "wordpiece", 512, BERT_SPECIALS))
     out = tmp_path / "mlm"
     tiny_bert = json.dumps({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                             "intermediate_size": 64, "max_position_embeddings": 64})  # fmt: skip

@@ -165,7 +165,7 @@ def test_existing_run_is_not_overwritten(tmp_path, text_files):
         (["--max_stepz", "3"], "unknown config key 'max_stepz'; did you mean max_steps?"),
         (["--block_size", "128"], "block_size 128 exceeds the model's 64 positions"),
         (["--model_config", '{"vocab_size": 64, "max_position_embeddings": 64}'], "smaller than the tokenizer's"),
-        (["--tokenizer_name_or_path", "/no/such/tokenizer"], "tokenizer /no/such/tokenizer: cannot load it"),
+        (["--tokenizer_name_or_path", "/no/such/tokenizer"], "tokenizer /no/such/tokenizer: no such folder"),
         (["--model_name_or_path", "/no/such/model"], "model /no/such/model: cannot load it"),
     ],
 )

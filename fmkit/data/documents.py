@@ -88,6 +88,11 @@ def expand_files(patterns: tuple[str, ...] | list[str]) -> list[Path]:
     return found
 
 
+def file_identity(source: TextSource) -> list[tuple[str, int, int]]:
+    """Files change → identity changes: path, size and modification time of every file."""
+    return [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in expand_files(source.files)]
+
+
 def _kind(path: Path, strict: bool = True) -> str | None:
     suffixes = path.suffixes[-2:] if path.suffix.lower() == ".gz" else path.suffixes[-1:]
     kind = SUFFIXES.get(suffixes[0].lower()) if suffixes else None

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from fmkit.config import TrainConfig
 from fmkit.data.cache import build_once, cache_root, fingerprint
 from fmkit.data.corpus import python_docs_corpus
-from fmkit.data.documents import ReadStats, TextSource, expand_files, iter_documents, report_read_stats
+from fmkit.data.documents import ReadStats, TextSource, file_identity, iter_documents, report_read_stats
 from fmkit.data.packing import EveryKthBlock, PackedBlocks
 from fmkit.data.token_shards import TokenShard, encode_documents, write_token_shard
 from fmkit.data.tokenizer import SpecialTokens, cached_trained_tokenizer, load_tokenizer, tokenizer_fingerprint
@@ -71,6 +71,8 @@ class TextDataConfig(TrainConfig):
     """Continue from this model instead of building one from scratch."""
     model_config: dict = field(default_factory=dict)
     """Overrides for the new model's config, e.g. {hidden_size: 256, num_hidden_layers: 4}."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel: sdpa (flash / memory-efficient kernels on GPU), flash_attention_2, flex_attention, eager."""
 
 
 Blocks = PackedBlocks | EveryKthBlock
@@ -191,7 +193,7 @@ def _sources(config: TextDataConfig) -> tuple[Documents, Documents, str, str]:
         evaluation = (
             TextSource(files=_as_tuple(config.eval_files), text_field=config.text_field) if config.eval_files else None
         )
-        key = fingerprint(_file_identity(train), evaluation and _file_identity(evaluation))
+        key = fingerprint(file_identity(train), evaluation and file_identity(evaluation))
     else:
         corpus = python_docs_corpus()
         train, evaluation = TextSource(files=(str(corpus.train),)), TextSource(files=(str(corpus.eval),))
@@ -214,11 +216,6 @@ def _reader(source: TextSource, stride: int = 0, keep_held_out: bool = False) ->
 
 def _as_tuple(value: str | list[str] | None) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value or ())
-
-
-def _file_identity(source: TextSource) -> list:
-    """Files change → cache key changes: path, size and modification time of every file."""
-    return [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in expand_files(source.files)]
 
 
 def _token_shard(role: str, documents: Documents, key: str, tokenizer: PreTrainedTokenizerBase) -> TokenShard:

@@ -51,6 +51,8 @@ ROBERTA_SPECIALS = SpecialTokens(unk="<unk>", pad="<pad>", cls="<s>", sep="</s>"
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    if name_or_path.startswith(("/", ".", "~")) and not Path(name_or_path).expanduser().exists():
+        raise ConfigError(f"tokenizer {name_or_path}: no such folder")
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:

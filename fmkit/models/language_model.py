@@ -27,13 +27,14 @@ def build_language_model(config: TextDataConfig, tokenizer: PreTrainedTokenizerB
     A new model's vocabulary is the tokenizer's rounded up to a multiple of 64 (tensor-core friendly), and its
     special token ids are the tokenizer's, so generation and padding work after `from_pretrained`.
     """
+    attention = config.attn_implementation
     if config.model_name_or_path:
         if config.model_config:
             # Typically the preset's architecture; a pretrained model brings its own.
             logger.warning("model_config is ignored: continuing from %s with its own config", config.model_name_or_path)
         try:
-            model = auto_class.from_pretrained(config.model_name_or_path, attn_implementation="sdpa")
-        except (OSError, ValueError) as error:
+            model = auto_class.from_pretrained(config.model_name_or_path, attn_implementation=attention)
+        except (OSError, ValueError, ImportError) as error:
             reason = str(error).splitlines()[0]
             raise ConfigError(f"model {config.model_name_or_path}: cannot load it ({reason})") from None
     else:
@@ -44,8 +45,8 @@ def build_language_model(config: TextDataConfig, tokenizer: PreTrainedTokenizerB
                 overrides.setdefault(name, getattr(tokenizer, name))
         try:
             model_config = AutoConfig.for_model(config.model_type, **overrides)
-            model = auto_class.from_config(model_config, attn_implementation="sdpa")
-        except (ValueError, KeyError) as error:
+            model = auto_class.from_config(model_config, attn_implementation=attention)
+        except (ValueError, KeyError, ImportError) as error:
             raise ConfigError(f"model_type {config.model_type!r}: {str(error).splitlines()[0]}") from None
     if model.config.vocab_size < len(tokenizer):
         raise ConfigError(
