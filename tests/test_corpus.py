@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,11 @@ def test_cached_call_reuses_files_and_rebuild_is_byte_identical(
     assert fresh.train.read_bytes() == corpus.train.read_bytes()
     assert fresh.eval.read_bytes() == corpus.eval.read_bytes()
     assert fresh.description == corpus.description
+
+
+def test_finding_package_folders_leaves_torch_compile_working():
+    """Asking importlib for pip's spec used to switch off setuptools' distutils, breaking inductor's C++ build."""
+    code = "from fmkit.data.corpus import _package_dirs\nassert 'pip' in _package_dirs()\n"
+    code += "import torch.utils.cpp_extension"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -71,13 +71,19 @@ def python_docs_corpus() -> CorpusFiles:
 
 
 def _package_dirs() -> dict[str, Path]:
-    """Folders of the listed packages that are installed; `find_spec` locates them without importing."""
+    """Folders of the listed packages that are installed, found from their metadata without importing them.
+
+    Not `importlib.util.find_spec`: asking it for "pip" trips setuptools' distutils shim, which then breaks
+    torch.compile's C++ toolchain later in the same process.
+    """
     found = {}
+    distributions = importlib.metadata.packages_distributions()
     for name in PACKAGES:
-        spec = importlib.util.find_spec(name)
-        locations = list(spec.submodule_search_locations or []) if spec else []
-        if locations and Path(locations[0]).is_dir():
-            found[name] = Path(locations[0])
+        for distribution in distributions.get(name, ()):
+            folder = Path(str(importlib.metadata.distribution(distribution).locate_file(name)))
+            if folder.is_dir():
+                found[name] = folder
+                break
     return found
 
 

@@ -4,6 +4,8 @@ The main process reads documents in order and cuts them into groups of `docs_per
 processes turns group k into `output_dir/{k:05d}.ds` (datatrove's layout, see token_shards.py). At most
 `workers + 1` groups wait in the pool, so memory stays bounded by the group size, not the corpus.
 
+A single worker is a thread instead (see _pool).
+
 A shard's token file is written last, so its presence means the shard is complete: a rerun reads the
 documents of finished shards but does not tokenize them, and a killed run costs only the groups in flight.
 `manifest.json` pins the settings a rerun must share (input files with their size and modification time,
@@ -12,7 +14,8 @@ tokenizer fingerprint, docs_per_shard, text_field) and, once done, holds the tot
 The Rust tokenizer is itself multithreaded, so each worker caps it at its share of the cores
 (RAYON_NUM_THREADS = cores // workers, set before the worker's first encode). Measured on 2 cores, 21 MB of
 text (5.3M tokens), an 8192-token BPE, median of 5 runs with start-up: 2 workers capped at 1 thread each
-380k tokens/s, uncapped 345k; 1 worker with both threads 447k, capped at 1 thread 325k.
+380k tokens/s, uncapped 345k; 1 worker with both threads 447k, capped at 1 thread 325k (before a single
+worker became a thread). The reading process needs a core too, so the default is one worker per two cores.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import zip_longest
 from pathlib import Path
@@ -142,12 +145,7 @@ def _tokenize(
 ) -> dict:
     """Read in this process, tokenize and write in `workers` spawned ones; the totals for the manifest."""
     stats = ReadStats()
-    pool = ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker,
-        initargs=(tokenizer, max(1, _cores() // workers)),
-    )
+    pool = _pool(tokenizer, workers)
     in_flight: deque[Future[ShardInfo]] = deque()
     with pool, tqdm(desc="tokenizing", unit="doc") as bar:
         progress = _Progress(bar, workers)
@@ -164,6 +162,21 @@ def _tokenize(
     if progress.documents == 0:
         raise DataError(f"{source.describe()}: no documents to tokenize ({sum(stats.skipped.values())} bad records)")
     return progress.totals(stats)
+
+
+def _pool(tokenizer: PreTrainedTokenizerBase, workers: int) -> Executor:
+    """One worker is a thread of this process: the Rust tokenizer releases the GIL, so it overlaps with
+    reading, and no process has to start and import transformers (4 s). More workers are processes, for
+    the per-document Python work the GIL would serialise."""
+    if workers == 1:
+        _start_worker(tokenizer, _cores())
+        return ThreadPoolExecutor(1)
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(tokenizer, max(1, _cores() // workers)),
+    )
 
 
 def _groups(documents: Iterator[str], stats: ReadStats, size: int) -> Iterator[tuple[list[str], ReadStats]]:

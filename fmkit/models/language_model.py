@@ -45,6 +45,7 @@ def build_language_model(config: TextDataConfig, tokenizer: PreTrainedTokenizerB
                 overrides.setdefault(name, getattr(tokenizer, name))
         try:
             model_config = AutoConfig.for_model(config.model_type, **overrides)
+            _fused_gelu(model_config, overrides)
             model = auto_class.from_config(model_config, attn_implementation=attention)
         except (ValueError, KeyError, ImportError) as error:
             raise ConfigError(f"model_type {config.model_type!r}: {str(error).splitlines()[0]}") from None
@@ -60,6 +61,14 @@ def build_language_model(config: TextDataConfig, tokenizer: PreTrainedTokenizerB
             "(max_position_embeddings): lower block_size or raise it in model_config"
         )
     return model
+
+
+def _fused_gelu(model_config, overrides: dict) -> None:
+    """GPT-2's default `gelu_new` is the tanh GELU written as several elementwise ops; `gelu_pytorch_tanh` is
+    the same function (within 3e-7) in one kernel, 2-4x faster, and a quarter of a small GPT-2's CPU step."""
+    for name in ("activation_function", "hidden_act"):
+        if getattr(model_config, name, None) == "gelu_new" and name not in overrides:
+            setattr(model_config, name, "gelu_pytorch_tanh")
 
 
 def usable_positions(model_config) -> int:
