@@ -21,15 +21,11 @@ from common import (  # benchmarks/ is on sys.path when a script in it runs
     MEDIAN_STEP_COLUMNS,
     RATE_COLUMNS,
     add_run_arguments,
-    check_run_lengths,
-    compare,
+    compare_with_trainer,
     hf_blocks,
     hf_train,
     hf_training_arguments,
     read_spec,
-    run_fmkit,
-    run_hf,
-    shared_tokenizer,
 )
 
 # GPT-style optimizer settings, as in recipes/configs/clm/demo.yaml; both sides use them.
@@ -107,23 +103,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.hf_worker is not None:
         hf_worker(args.hf_worker)
         return
-    check_run_lengths(args)
     from fmkit.tasks.clm import CLM_SPECIALS
 
-    tokenizer_dir = shared_tokenizer("bpe", args.vocab_size, CLM_SPECIALS)
-    config = model_config(args, tokenizer_dir)
     compiled = "-compile" if args.compile else ""
     activation = f"-{args.activation}" if args.activation else ""
     label = args.label or f"d{args.n_embd}-L{args.n_layer}-T{args.seq_len}-B{args.batch_size}{compiled}{activation}"
-    compare(
-        args,
-        label,
-        config,
-        lambda: run_fmkit("clm", args, tokenizer_dir, config, fmkit_options(args)),
-        lambda: run_hf(__file__, args, tokenizer_dir, config),
-        {**RATE_COLUMNS, **MEDIAN_STEP_COLUMNS},
-    )
-
+    tokenizer = ("bpe", args.vocab_size, CLM_SPECIALS)
+    compare_with_trainer(__file__, "clm", args, tokenizer, model_config, label, fmkit_options(args),
+                         {**RATE_COLUMNS, **MEDIAN_STEP_COLUMNS})  # fmt: skip
 
 if __name__ == "__main__":
     main()

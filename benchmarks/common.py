@@ -251,3 +251,30 @@ def compare(
               "model_config": config, "machine": machine(), "runs": runs}  # fmt: skip
     args.out.write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwrote {args.out}")
+
+
+def compare_with_trainer(
+    script: str,
+    recipe: str,
+    args: argparse.Namespace,
+    tokenizer: tuple,
+    model_config: Callable[[argparse.Namespace, Path], dict],
+    label: str,
+    fmkit_options: Iterable[str] = (),
+    columns: dict[str, Column] = RATE_COLUMNS,
+) -> None:
+    """recipes/<recipe>.py against transformers.Trainer (`script --hf_worker`) on one tokenizer and model config.
+
+    `tokenizer` is shared_tokenizer's (kind, vocab_size, specials).
+    """
+    check_run_lengths(args)
+    tokenizer_dir = shared_tokenizer(*tokenizer)
+    config = model_config(args, tokenizer_dir)
+    compare(
+        args,
+        label,
+        config,
+        lambda: run_fmkit(recipe, args, tokenizer_dir, config, fmkit_options),
+        lambda: run_hf(script, args, tokenizer_dir, config),
+        columns,
+    )

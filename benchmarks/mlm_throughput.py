@@ -17,15 +17,11 @@ from pathlib import Path
 
 from common import (  # benchmarks/ is on sys.path when a script in it runs
     add_run_arguments,
-    check_run_lengths,
-    compare,
+    compare_with_trainer,
     hf_blocks,
     hf_train,
     hf_training_arguments,
     read_spec,
-    run_fmkit,
-    run_hf,
-    shared_tokenizer,
 )
 
 
@@ -79,20 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.hf_worker is not None:
         hf_worker(args.hf_worker)
         return
-    check_run_lengths(args)
     from fmkit.data.tokenizer import BERT_SPECIALS
 
-    tokenizer_dir = shared_tokenizer("wordpiece", args.vocab_size, BERT_SPECIALS)
-    config = model_config(args, tokenizer_dir)
     label = args.label or f"h{args.hidden_size}-L{args.num_layers}-T{args.seq_len}-B{args.batch_size}"
-    compare(
-        args,
-        label,
-        config,
-        lambda: run_fmkit("mlm", args, tokenizer_dir, config, ["--weight_decay", "0.01"]),
-        lambda: run_hf(__file__, args, tokenizer_dir, config),
-    )
-
+    tokenizer = ("wordpiece", args.vocab_size, BERT_SPECIALS)
+    compare_with_trainer(__file__, "mlm", args, tokenizer, model_config, label, ["--weight_decay", "0.01"])
 
 if __name__ == "__main__":
     main()

@@ -53,12 +53,12 @@ from fmkit.webtext.config import WebTextConfig
 from fmkit.webtext.extract import MainTextExtractor
 from fmkit.webtext.language import LanguageFilter
 from fmkit.webtext.readers import WebInputReader, expand_inputs
+from fmkit.webtext.report import write_report
 from fmkit.webtext.words import word_tokenizer
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
-STATS_FILE = "stats.json"
 TASKS_PER_WORKER = 8
 
 
@@ -136,8 +136,12 @@ class Layout:
     def work(self) -> Path:
         return self.root / ".work"
 
+    @property
+    def rejected_root(self) -> Path:
+        return self.root / "rejected"
+
     def rejected(self, reason_group: str) -> str:
-        return str(self.root / "rejected" / reason_group)
+        return str(self.rejected_root / reason_group)
 
     def data(self, stage: str) -> str:
         return str(self.work / "data" / stage)
@@ -178,8 +182,6 @@ class WebTextPipeline:
 
     def run(self) -> dict:
         """Run (or finish) every stage; returns the stats also written to stats.json."""
-        from fmkit.webtext.report import write_report
-
         self._claim_output_dir()
         started = time.perf_counter()
         steps = self.steps()
@@ -198,8 +200,8 @@ class WebTextPipeline:
                             step.tasks, workers, time.perf_counter() - step_started)  # fmt: skip
         self._publish(Path(self.layout.data(self._outputs()[-1])))
         token_stats = self._tokenize()
-        return write_report(self.layout, self.config, self.files, [s.name for s in steps], token_stats,
-                            time.perf_counter() - started)  # fmt: skip
+        return write_report(self.layout, [s.name for s in steps], self.files, self.config.examples_per_reason,
+                            token_stats, time.perf_counter() - started)  # fmt: skip
 
     def _outputs(self) -> list[str]:
         """The .work/data folder each stage writes; documents/ comes from the last."""

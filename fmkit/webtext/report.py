@@ -19,6 +19,7 @@ STAGE_DESCRIPTIONS = {
     "exact_dedup": "exact duplicates (content hash)",
     "near_dedup": "near duplicates (MinHash LSH)",
 }
+STATS_FILE, REPORT_FILE = "stats.json", "report.md"
 SNIPPET_CHARS = 240
 METER_PREFIX = "📏"
 
@@ -44,8 +45,8 @@ def _merged_steps(log_dir: Path) -> list[dict]:
     return merged
 
 
-def stage_table(logs_root: Path, step_names: list[str]) -> tuple[list[dict], dict]:
-    """Walk every step of every executor in order; each Meter closes a stage with what passed it.
+def stage_table(log_dirs: list[Path]) -> tuple[list[dict], dict]:
+    """Walk every step of every executor (their log folders, in run order); each Meter closes a stage.
 
     Steps after a stage's Meter (its writer) count towards that stage; executors with no Meter (signatures,
     buckets, clusters) count towards the stage that follows them.
@@ -53,21 +54,23 @@ def stage_table(logs_root: Path, step_names: list[str]) -> tuple[list[dict], dic
     stages: list[dict] = []
     lines_removed: dict[str, int] = defaultdict(int)
     seconds, rejected, previous_out = 0.0, defaultdict(int), None
-    for executor in step_names:
+    for log_dir in log_dirs:
         closed_a_stage = False
-        for step in _merged_steps(logs_root / executor):
+        for step in _merged_steps(log_dir):
             stats = step["stats"]
             if not step["name"].startswith(METER_PREFIX):
                 seconds += step["seconds"]
                 reasons = {k.removeprefix("dropped_"): v for k, v in stats.items() if k.startswith("dropped_")}
-                for reason, n in (reasons or {"duplicate": stats.get("dropped", 0)}).items():
-                    rejected[reason] += int(n) if n else 0
+                if not reasons and stats.get("dropped"):  # datatrove's dedup filters drop without a reason
+                    reasons = {"duplicate": stats["dropped"]}
+                for reason, n in reasons.items():
+                    rejected[reason] += int(n)
                 for key, n in stats.items():
                     if key.startswith("line-filter-"):
                         lines_removed[key.removeprefix("line-filter-")] += int(n)
                 continue
             name = step["name"].split(": ", 1)[1]
-            rejected = {reason: n for reason, n in sorted(rejected.items()) if n}
+            rejected = dict(sorted(rejected.items()))
             documents_in = previous_out if previous_out is not None else stats["documents"] + sum(rejected.values())
             stages.append({
                 "stage": name,
@@ -108,10 +111,10 @@ def rejected_examples(rejected_root: Path, per_reason: int) -> dict[str, list[di
     return dict(examples)
 
 
-def write_report(layout, config, files: list[str], step_names: list[str], token_stats: dict | None,
-                 wall_seconds: float) -> dict:  # fmt: skip
+def write_report(layout, step_names: list[str], files: list[str], examples_per_reason: int,
+                 token_stats: dict | None, wall_seconds: float) -> dict:  # fmt: skip
     """Write stats.json and report.md (stats.json last: its presence means the run finished)."""
-    stages, lines_removed = stage_table(layout.work / "logs", step_names)
+    stages, lines_removed = stage_table([Path(layout.logs(name)) for name in step_names])
     output = stages[-1] if stages else {"documents_out": 0, "bytes_out": 0}
     stats = {
         "inputs": {"files": len(files), "bytes": sum(os.path.getsize(f) for f in files)},
@@ -121,9 +124,9 @@ def write_report(layout, config, files: list[str], step_names: list[str], token_
         "tokens": None if token_stats is None else {k: token_stats[k] for k in ("documents", "tokens", "shards")},
         "wall_seconds": round(wall_seconds, 2),
     }
-    examples = rejected_examples(layout.root / "rejected", config.examples_per_reason)
-    (layout.root / "report.md").write_text(render_report(stats, examples), encoding="utf-8")
-    (layout.root / "stats.json").write_text(json.dumps(stats, indent=1))
+    examples = rejected_examples(layout.rejected_root, examples_per_reason)
+    (layout.root / REPORT_FILE).write_text(render_report(stats, examples), encoding="utf-8")
+    (layout.root / STATS_FILE).write_text(json.dumps(stats, indent=1))
     return stats
 
 

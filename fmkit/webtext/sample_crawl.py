@@ -123,7 +123,7 @@ def write_sample_crawl(folder: str | Path, articles: int = 24, files: int = 2, s
     for i, (url, chosen) in enumerate(originals[: max(1, articles // 6)]):
         copy = f"https://mirror.example.com/copy/{i}"
         crawl.exact_copies[copy] = url
-        html(copy, page(f"Notes on the language, part {originals.index((url, chosen))}", chosen))
+        html(copy, page(f"Notes on the language, part {i}", chosen))  # the very page of article i
     for i, (url, chosen) in enumerate(originals[-max(1, articles // 6) :]):
         near = f"https://aggregator.example.com/near/{i}"
         crawl.near_copies[near] = url
