@@ -87,6 +87,11 @@ def embedded_images(size: int) -> EmbeddedImages:
     return EmbeddedImages(train=train, probe_train=probe_train, probe_test=probe_test)
 
 
+def photo_crop_sources() -> list[str]:
+    """The photograph (file stem, e.g. "chelsea") each crop in `EmbeddedImages.train` comes from, in order."""
+    return [path.stem for path, _box in _crop_boxes(_photo_files())]
+
+
 def _package_dir(package: str) -> Path:
     """A package's folder, found without importing it."""
     spec = importlib.util.find_spec(package)

@@ -146,7 +146,7 @@ class DatasetImage(ImageRecord):
     LABEL_LAYOUT: ClassVar[str] = "a ClassLabel column, or a column named 'label' or 'labels'"
 
     def read(self) -> bytes:
-        value = _hf_dataset(self.dataset, self.split).dataset[self.row][self.column] or {}
+        value = hf_dataset(self.dataset, self.split).dataset[self.row][self.column] or {}
         if value.get("bytes"):
             return value["bytes"]
         return Path(value["path"]).read_bytes() if value.get("path") else b""
@@ -179,22 +179,22 @@ def iter_image_records(sources: Sequence[str], labelled: bool, listing: Listing 
 def source_files(source: str) -> list[Path]:
     """The local files a source reads (images, shards, a HF dataset's Arrow files): what a cache key covers."""
     if source.startswith(HF_PREFIX):
-        return [Path(entry["filename"]) for entry in _hf_dataset(*_hf_spec(source)).dataset.cache_files]
-    return [path for path, _root in _local_files(source)]
+        return [Path(entry["filename"]) for entry in hf_dataset(*hf_spec(source)).dataset.cache_files]
+    return [path for path, _root in local_files(source)]
 
 
 def _source_records(source: str, labelled: bool, listing: Listing) -> Iterator[ImageRecord]:
     if source.startswith(HF_PREFIX):
         yield from _dataset_records(source, labelled, listing)
         return
-    for path, root in _local_files(source):
+    for path, root in local_files(source):
         if path.suffix.lower() == SHARD_SUFFIX:
             yield from _shard_records(path, labelled, listing.skipped)
         else:
             yield FileImage(name=str(path), path=str(path), label=_folder_label(path, root) if labelled else None)
 
 
-def _local_files(source: str) -> list[tuple[Path, Path | None]]:
+def local_files(source: str) -> list[tuple[Path, Path | None]]:
     """(file, root for ImageFolder labels) for a file, a folder (recursive) or a glob, in sorted order."""
     path = Path(source).expanduser()
     if path.is_file():
@@ -236,7 +236,7 @@ def _folder_label(path: Path, root: Path | None) -> str | None:
 
 def _shard_records(shard: Path, labelled: bool, skipped: Counter) -> Iterator[ShardImage]:
     """One record per WebDataset sample; a cut or corrupt shard keeps the samples before the damage."""
-    samples, intact = _shard_samples(shard)
+    samples, intact = shard_samples(shard)
     if not intact:
         skipped["truncated_shard"] += 1
         if samples:
@@ -256,7 +256,7 @@ def _shard_records(shard: Path, labelled: bool, skipped: Counter) -> Iterator[Sh
             )
 
 
-def _shard_samples(shard: Path) -> tuple[dict[str, dict[str, tarfile.TarInfo]], bool]:
+def shard_samples(shard: Path) -> tuple[dict[str, dict[str, tarfile.TarInfo]], bool]:
     """Members grouped by WebDataset key, in shard order, and whether the shard ends where a tar should.
 
     tarfile stops silently at a cut or corrupt header, so the block after the last member is checked:
@@ -267,7 +267,7 @@ def _shard_samples(shard: Path) -> tuple[dict[str, dict[str, tarfile.TarInfo]], 
         with tarfile.open(shard, "r:") as tar:
             for info in tar:
                 if info.isfile():
-                    key, ext = _split_member(info.name)
+                    key, ext = split_member(info.name)
                     samples.setdefault(key, {})[ext] = info
             end = tar.offset
     except tarfile.TarError:
@@ -278,7 +278,7 @@ def _shard_samples(shard: Path) -> tuple[dict[str, dict[str, tarfile.TarInfo]], 
     return samples, len(block) == tarfile.BLOCKSIZE and not any(block)
 
 
-def _split_member(name: str) -> tuple[str, str]:
+def split_member(name: str) -> tuple[str, str]:
     """WebDataset convention: the key is the path up to the first dot of the basename, the rest the extension."""
     folder, _, base = name.rpartition("/")
     stem, _, ext = base.partition(".")
@@ -289,16 +289,16 @@ def _sample_label(handle, members: dict[str, tarfile.TarInfo]) -> str | None:
     """The text of a .cls member, else the "label" of a .json member."""
     try:
         if "cls" in members:
-            return _label_text(_member_bytes(handle, members["cls"]).decode())
+            return _label_text(member_bytes(handle, members["cls"]).decode())
         if "json" in members:
-            record = json.loads(_member_bytes(handle, members["json"]))
+            record = json.loads(member_bytes(handle, members["json"]))
             return _label_text(record.get("label")) if isinstance(record, dict) else None
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
     return None
 
 
-def _member_bytes(handle, info: tarfile.TarInfo) -> bytes:
+def member_bytes(handle, info: tarfile.TarInfo) -> bytes:
     handle.seek(info.offset_data)
     return handle.read(info.size)
 
@@ -316,7 +316,7 @@ class _HFDataset:
     class_names: tuple[str, ...]
 
 
-def _hf_spec(source: str) -> tuple[str, str]:
+def hf_spec(source: str) -> tuple[str, str]:
     """`hf:NAME[:SPLIT]` as (name, split); the split defaults to "train"."""
     spec = source[len(HF_PREFIX) :]
     name, colon, split = spec.rpartition(":")
@@ -324,7 +324,7 @@ def _hf_spec(source: str) -> tuple[str, str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _hf_dataset(name: str, split: str) -> _HFDataset:
+def hf_dataset(name: str, split: str) -> _HFDataset:
     """The dataset with its image column left as bytes; cached, so each worker process opens it once."""
     import datasets
 
@@ -349,8 +349,8 @@ def _hf_dataset(name: str, split: str) -> _HFDataset:
 
 
 def _dataset_records(source: str, labelled: bool, listing: Listing) -> Iterator[DatasetImage]:
-    name, split = _hf_spec(source)
-    hf = _hf_dataset(name, split)
+    name, split = hf_spec(source)
+    hf = hf_dataset(name, split)
     if hf.class_names:
         listing.classes[source] = hf.class_names
     labels = hf.dataset[hf.label_column] if labelled and hf.label_column else [None] * len(hf.dataset)
