@@ -1,0 +1,241 @@
+"""CLIP models behind one interface: a transformers CLIPModel built from tower configs, or any open_clip
+architecture by name or JSON config.
+
+The loss, the evaluation and open_clip's zero-shot helpers call `encode_image` / `encode_text` and read
+`logit_scale` / `logit_bias`; nothing else needs to know which library built the towers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import nn
+from transformers import (
+    AutoConfig,
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextModelWithProjection,
+    CLIPVisionModelWithProjection,
+)
+
+from fmkit.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+OPEN_CLIP_PREFIX = "open_clip:"
+MAX_LOGIT_SCALE = math.log(100)
+"""CLIP clamps the learned temperature at 1/100, so logits never exceed 100."""
+SIGLIP_INIT = (math.log(10), -10.0)
+"""SigLIP's initial logit scale and bias (Zhai et al., 2023)."""
+TOWERS = {"image": ("vision_model", "visual_projection", "vision_config"),
+          "text": ("text_model", "text_projection", "text_config")}  # fmt: skip
+
+
+@dataclass
+class ClipModelSpec:
+    model: str = "clip"
+    """'clip' builds a transformers CLIPModel from vision_config/text_config; 'open_clip:NAME' builds one of
+    open_clip's architectures (e.g. open_clip:ViT-B-32) and 'open_clip:PATH.json' one from an open_clip config."""
+    vision_config: dict = field(default_factory=dict)
+    text_config: dict = field(default_factory=dict)
+    projection_dim: int = 512
+    sigmoid_loss: bool = False
+    image_tower_from: str | None = None
+    text_tower_from: str | None = None
+    lock_image: bool = False
+    lock_text: bool = False
+    gradient_checkpointing: bool = False
+
+
+class ClipModel(nn.Module):
+    """Two towers and a learned temperature; `forward` returns what the contrastive losses take."""
+
+    image_size: int
+    context_length: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    logit_bias: nn.Parameter | None
+
+    def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_text(self, input_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        raise NotImplementedError
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor):
+        """(normalised image features, normalised text features, logit scale, logit bias or None)."""
+        image = self.encode_image(pixel_values, normalize=True)
+        text = self.encode_text(input_ids, normalize=True)
+        scale = self.logit_scale.clamp(0, MAX_LOGIT_SCALE).exp()
+        return image, text, scale, self.logit_bias
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class HFClip(ClipModel):
+    def __init__(self, clip: CLIPModel, logit_bias: float | None):
+        super().__init__()
+        self.clip = clip
+        vision, text = clip.config.vision_config, clip.config.text_config
+        self.image_size, self.context_length = vision.image_size, text.max_position_embeddings
+        self.mean, self.std = tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
+        self.logit_bias = nn.Parameter(torch.tensor(logit_bias)) if logit_bias is not None else None
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.clip.get_image_features(pixel_values=pixel_values).pooler_output
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, input_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.clip.get_text_features(input_ids=input_ids).pooler_output
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def describe(self) -> str:
+        vision, text = self.clip.config.vision_config, self.clip.config.text_config
+        return (
+            f"CLIPModel: ViT image tower ({vision.num_hidden_layers} layers, width {vision.hidden_size}, "
+            f"patch {vision.patch_size}, {vision.image_size}px), text transformer ({text.num_hidden_layers} layers, "
+            f"width {text.hidden_size}, {text.max_position_embeddings} tokens), embedding "
+            f"{self.clip.config.projection_dim}"
+        )
+
+
+class OpenClip(ClipModel):
+    def __init__(self, clip: nn.Module, name: str, model_cfg: dict):
+        super().__init__()
+        self.clip, self.name, self.model_cfg = clip, name, model_cfg
+        size = clip.visual.image_size
+        self.image_size = size[0] if isinstance(size, (tuple, list)) else size
+        self.context_length = clip.context_length
+        preprocess = getattr(clip.visual, "preprocess_cfg", {})
+        self.mean = tuple(preprocess.get("mean", OPENAI_DATASET_MEAN))
+        self.std = tuple(preprocess.get("std", OPENAI_DATASET_STD))
+        self.preprocess_cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()}
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    @property
+    def logit_bias(self) -> nn.Parameter | None:  # type: ignore[override]
+        return getattr(self.clip, "logit_bias", None)
+
+    def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.clip.encode_image(pixel_values, normalize=normalize)
+
+    def encode_text(self, input_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.clip.encode_text(input_ids, normalize=normalize)
+
+    def describe(self) -> str:
+        return f"open_clip {self.name}: {json.dumps(self.model_cfg, sort_keys=True)}"
+
+
+def build_clip_model(spec: ClipModelSpec) -> ClipModel:
+    model = _build_open_clip(spec) if spec.model.startswith(OPEN_CLIP_PREFIX) else _build_hf_clip(spec)
+    if spec.gradient_checkpointing:
+        if isinstance(model, HFClip):
+            model.clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.clip.set_grad_checkpointing(True)
+    for tower, locked in (("image", spec.lock_image), ("text", spec.lock_text)):
+        if locked:
+            _lock(model, tower)
+    return model
+
+
+def _build_hf_clip(spec: ClipModelSpec) -> HFClip:
+    if spec.model != "clip":
+        raise ConfigError(f"model {spec.model!r}: expected 'clip' or '{OPEN_CLIP_PREFIX}NAME', e.g. open_clip:ViT-B-32")
+    configs = {"vision_config": dict(spec.vision_config), "text_config": dict(spec.text_config)}
+    donors = {}
+    for tower, folder in (("image", spec.image_tower_from), ("text", spec.text_tower_from)):
+        if folder:
+            donors[tower], tower_config = _donor_tower(folder, tower)
+            configs[TOWERS[tower][2]] = tower_config.to_dict()
+    # CLIP's own tokenizer ends every text with <|endoftext|> (49407): the text tower pools there.
+    configs["text_config"].setdefault("eos_token_id", 49407)
+    configs["text_config"].setdefault("bos_token_id", 49406)
+    configs["text_config"].setdefault("pad_token_id", 49407)
+    config = CLIPConfig(**configs, projection_dim=spec.projection_dim)
+    clip = CLIPModel(config)
+    for tower, donor in donors.items():
+        body, projection, _ = TOWERS[tower]
+        getattr(clip, body).load_state_dict(getattr(donor, body).state_dict())
+        donor_projection = getattr(donor, projection)
+        if donor_projection.weight.shape == getattr(clip, projection).weight.shape:
+            getattr(clip, projection).load_state_dict(donor_projection.state_dict())
+        else:
+            logger.warning("%s tower from %s: its projection does not fit projection_dim; a new one is trained",
+                           tower, getattr(spec, f"{tower}_tower_from"))  # fmt: skip
+    scale, bias = SIGLIP_INIT if spec.sigmoid_loss else (None, None)
+    if scale is not None:
+        clip.logit_scale.data.fill_(scale)
+    return HFClip(clip, bias)
+
+
+def _donor_tower(folder: str, tower: str):
+    """A pretrained model holding the tower and its projection, and the tower's config."""
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{tower}_tower_from {folder}: no config.json (expected a CLIP model or tower folder)")
+    model_type = AutoConfig.from_pretrained(path).model_type
+    single = {"image": ("clip_vision_model", CLIPVisionModelWithProjection),
+              "text": ("clip_text_model", CLIPTextModelWithProjection)}[tower]  # fmt: skip
+    if model_type == "clip":
+        donor = CLIPModel.from_pretrained(path)
+    elif model_type == single[0]:
+        donor = single[1].from_pretrained(path)
+    else:
+        raise ConfigError(
+            f"{tower}_tower_from {folder}: a {model_type!r} model; expected 'clip' or '{single[0]}' "
+            "(a CLIPModel or a single CLIP tower saved with save_pretrained)"
+        )
+    return donor, getattr(donor.config, TOWERS[tower][2], donor.config)
+
+
+def _build_open_clip(spec: ClipModelSpec) -> OpenClip:
+    name = spec.model[len(OPEN_CLIP_PREFIX) :]
+    if spec.image_tower_from or spec.text_tower_from:
+        raise ConfigError("image_tower_from and text_tower_from take transformers CLIP folders: use --model clip")
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"model {spec.model}: no such open_clip config file")
+        open_clip.add_model_config(path)
+        name = path.stem
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
+        raise ConfigError(f"model {spec.model}: open_clip has no such model (see open_clip.list_models())")
+    scale, bias = SIGLIP_INIT if spec.sigmoid_loss else (math.log(1 / 0.07), None)
+    clip = open_clip.create_model(name, init_logit_scale=scale, init_logit_bias=bias)
+    model_cfg = copy.deepcopy(model_cfg)
+    if bias is not None:
+        model_cfg["init_logit_bias"] = bias
+    return OpenClip(clip, name, model_cfg)
+
+
+def _lock(model: ClipModel, tower: str) -> None:
+    """LiT: the tower (and its projection) stays as initialised; only the other one learns."""
+    if isinstance(model, OpenClip):
+        (model.clip.lock_image_tower if tower == "image" else model.clip.lock_text_tower)()
+        return
+    body, projection, _ = TOWERS[tower]
+    for module in (getattr(model.clip, body), getattr(model.clip, projection)):
+        module.requires_grad_(False)
