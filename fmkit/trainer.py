@@ -178,6 +178,8 @@ class Trainer:
     def _stage_step(self, stage: Stage, micro_batches: list[dict], scale: float, accelerator) -> torch.Tensor:
         config = self.config
         with self._only_trainable(stage):
+            with torch.no_grad(), accelerator.autocast():
+                self.task.begin_step(stage.model, micro_batches, stage.name)
             loss_sum = torch.zeros((), device=accelerator.device)
             for batch in micro_batches:
                 with accelerator.accumulate(stage.model):

@@ -22,6 +22,21 @@ TINY_MODEL = [
 TINY_TRAINING = ["--block_size", "32", "--per_device_batch_size", "8", "--learning_rate", "3e-3",
                  "--warmup_steps", "5", "--report_to", "none"]  # fmt: skip
 TINY_BERT = [*TINY_MODEL, *TINY_TRAINING]
+# CLIP towers small enough for dozens of steps in seconds (the vocabulary is CLIP's own 49,408 tokens).
+TINY_CLIP_VISION = {"image_size": 16, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+                    "num_hidden_layers": 1, "num_attention_heads": 2}  # fmt: skip
+TINY_CLIP_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                  "max_position_embeddings": 16}  # fmt: skip
+TINY_CLIP = [
+    "--vision_config", json.dumps(TINY_CLIP_VISION), "--text_config", json.dumps(TINY_CLIP_TEXT),
+    "--projection_dim", "32", "--learning_rate", "2e-3", "--warmup_steps", "2", "--lr_scheduler", "constant",
+    "--report_to", "none", "--log_every", "1",
+]  # fmt: skip
+TINY_OPEN_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 
 
 @pytest.fixture(scope="session", autouse=True)

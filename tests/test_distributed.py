@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, TINY_MODEL, TINY_TRAINING, eval_losses, jsonl_texts, read_metrics, train_losses
+from conftest import REPO, TINY_CLIP, TINY_MODEL, TINY_TRAINING, eval_losses, jsonl_texts, read_metrics, train_losses
 from conftest import run_recipe as run
 from transformers import BertConfig, BertForMaskedLM
 
@@ -146,3 +146,24 @@ def test_causal_lm_two_processes_match_one(tmp_path, text_files):
     assert train_losses(two)[8] == pytest.approx(train_losses(one)[8], rel=1e-3)
     assert eval_losses(two)[8] == pytest.approx(eval_losses(one)[8], rel=1e-3)
     assert eval_losses(two)[8] < eval_losses(two)[0]
+
+
+# --- CLIP: features gathered across ranks with gradients, a local loss per rank ---------------------------
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_contrastive_two_processes_match_one(tmp_path, loss):
+    """Two processes x 8 pairs give the loss of one process x 16: every rank scores its rows against the
+    gathered columns of both, so the contrastive batch is the global one; later steps check the gradients."""
+    common = [*TINY_CLIP, "--loss", loss, "--max_steps", "4", "--eval_every", "4", "--save_every", "0",
+              "--eval_batches", "2"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    run([*common, "--output_dir", str(one), "--per_device_batch_size", "16"], recipe="clip.py")
+    two_processes = launch("ddp.yaml")
+    run([*common, "--output_dir", str(two), "--per_device_batch_size", "8"], recipe="clip.py", launcher=two_processes)
+    losses_one, losses_two = train_losses(one), train_losses(two)
+    assert losses_two[1] == pytest.approx(losses_one[1], rel=1e-5)
+    for step in (2, 3, 4):
+        assert losses_two[step] == pytest.approx(losses_one[step], rel=1e-4), step
+    final_one, final_two = read_metrics(one)[-1], read_metrics(two)[-1]
+    assert final_two["zero_shot_top1"] == pytest.approx(final_one["zero_shot_top1"], abs=0.01)

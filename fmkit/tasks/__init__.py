@@ -21,7 +21,7 @@ def get_task(name: str) -> type[Task]:
 
 
 def _import_builtin_tasks() -> None:
-    from fmkit.tasks import clm, mlm, pretext  # noqa: F401
+    from fmkit.tasks import clip, clm, mlm, pretext  # noqa: F401
 
 
 __all__ = ["BatchCount", "Task", "TASKS", "get_task", "register_task"]

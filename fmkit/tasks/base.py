@@ -68,6 +68,13 @@ class Task(ABC):
         `model` is the (possibly distributed-wrapped) module this stage optimises.
         """
 
+    def begin_step(self, model: nn.Module, micro_batches: list[dict], stage: str = MAIN_STAGE) -> None:  # noqa: B027
+        """Called (without gradients) before a step's micro-batches run through `loss`, with all of them.
+
+        For losses that couple the micro-batches of a step: a contrastive loss caches every micro-batch's
+        features here, so each one's negatives come from the whole accumulated batch.
+        """
+
     @abstractmethod
     def evaluate(self, model: nn.Module, accelerator, step: int) -> dict[str, float]:
         """Held-out metrics after `step` optimizer steps.

@@ -1,0 +1,335 @@
+"""CLIP-style image–text contrastive pretraining (and SigLIP's sigmoid variant) on the shared loop.
+
+The losses are open_clip's own: ClipLoss with features gathered across ranks *with gradients* and a local
+loss (each rank scores its own rows against every rank's columns — the configuration that scales), or
+SigLipLoss. With gradient accumulation, every micro-batch's features are computed first without gradients
+and cached, so each micro-batch's loss is taken over the whole accumulated batch (open_clip's --accum-freq):
+the contrastive batch is the global batch, however it is split over micro-batches and processes.
+
+Evaluation: zero-shot classification of held-out labelled images (class prompts through open_clip's
+zero-shot classifier builder), image<->text retrieval recall@1/5/10 and the contrastive loss on held-out
+pairs. The export is a transformers CLIPModel with its CLIPProcessor; open_clip architectures are also saved
+in open_clip's own layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import open_clip
+import torch
+from accelerate.utils import gather_object, send_to_device
+from open_clip.loss import ClipLoss, SigLipLoss
+from torch import nn
+
+from fmkit.config import TrainConfig
+from fmkit.data.embedded_pairs import ZERO_SHOT_TEMPLATES, embedded_pairs
+from fmkit.data.image_text import (
+    ClassifiedImages,
+    Images,
+    ImageTextPairs,
+    PairBatches,
+    classified_pixels,
+    load_pairs,
+)
+from fmkit.data.images import Listing, iter_image_records
+from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches
+from fmkit.errors import ConfigError, DataError
+from fmkit.eval.retrieval import recall_at_k, zero_shot_hits
+from fmkit.hub import ModelCard
+from fmkit.models.clip import ClipModel, ClipModelSpec, build_clip_model
+from fmkit.models.clip_export import export_clip
+from fmkit.models.clip_processor import clip_tokenizer
+from fmkit.tasks import register_task
+from fmkit.tasks.base import MAIN_STAGE, BatchCount, Task
+
+logger = logging.getLogger(__name__)
+
+RECALL_AT = (1, 5, 10)
+
+
+@dataclass
+class ClipConfig(TrainConfig, ClipModelSpec):
+    """Contrastive image-text pretraining (CLIP, SigLIP) on image-text pairs."""
+
+    train_data: str | list[str] | None = None
+    """Image-text pairs: WebDataset .tar shards (image + .txt or .json caption; folders and globs of shards),
+    .csv/.tsv/.jsonl tables (image path + caption column) or hf:NAME[:SPLIT]. Default: the embedded pairs
+    (scikit-learn digits and scikit-image photographs with template captions)."""
+    eval_data: str | list[str] | None = None
+    """Held-out pairs for retrieval and the held-out loss (same forms); default: held_out_pairs of train_data."""
+    held_out_pairs: int = 1000
+    """Pairs of train_data set aside for evaluation when eval_data is not given."""
+    image_column: str = "image"
+    """Image-path column of .csv/.tsv/.jsonl tables (relative to the table's folder)."""
+    caption_column: str = "caption"
+    """Caption column of tables and HF datasets, and the caption key of .json shard members."""
+    zero_shot_data: str | list[str] | None = None
+    """Labelled images for zero-shot classification: ImageFolder layout, .tar shards with .cls labels or
+    hf:NAME[:SPLIT] with a label column. The embedded default uses its held-out digits."""
+    zero_shot_templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    """Prompts a class name is put into; their text embeddings are averaged into the class's weights."""
+    loss: Literal["clip", "siglip"] = "clip"
+    """clip: symmetric InfoNCE with a learned temperature; siglip: pairwise sigmoid loss with a learned bias."""
+    max_image_pixels: int = 89_478_485
+    """Refuse larger images (possible decompression bombs) instead of decoding them."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.held_out_pairs < 1:
+            raise ConfigError(f"held_out_pairs {self.held_out_pairs}: expected a positive integer")
+        if not self.zero_shot_templates or any("{}" not in t for t in self.zero_shot_templates):
+            raise ConfigError(f"zero_shot_templates {self.zero_shot_templates}: each needs a {{}} for the class name")
+
+
+@dataclass
+class Tokenize:
+    """Captions to fixed-length token ids (picklable, for data-loader workers)."""
+
+    tokenizer: object
+    context_length: int
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        encoded = self.tokenizer(
+            texts, padding="max_length", truncation=True, max_length=self.context_length, return_tensors="pt"
+        )
+        return encoded["input_ids"]
+
+
+@register_task
+class ClipTask(Task):
+    name = "clip"
+    config_class = ClipConfig
+    config: ClipConfig
+
+    def setup(self, accelerator) -> nn.Module:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers tokenize; the Rust pool would fork
+        config = self.config
+        self.device = accelerator.device
+        self.sharding = Sharding(accelerator.process_index, accelerator.num_processes)
+        model = build_clip_model(config)
+        self.tokenizer = clip_tokenizer(model.context_length)
+        self.tokenize = Tokenize(self.tokenizer, model.context_length)
+        self.image_size = model.image_size
+        self.mean = torch.tensor(model.mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(model.std, device=self.device).view(1, 3, 1, 1) * 255
+        self.train_pairs, self.held_out, self.zero_shot, self.data_description = self._load_data()
+        rank, world = accelerator.process_index, accelerator.num_processes
+        if config.loss == "siglip":
+            self.loss_fn = SigLipLoss(rank=rank, world_size=world)
+            self.held_out_loss_fn = SigLipLoss()
+        else:
+            self.loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=rank,
+                                    world_size=world)  # fmt: skip
+            self.held_out_loss_fn = ClipLoss()
+        self.skipped: Counter = Counter()
+        self.step_batches: list[dict] = []
+        self.cached: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.model_description = model.describe()
+        self.num_parameters = sum(p.numel() for p in model.parameters())
+        self.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return model
+
+    # -- data --------------------------------------------------------------------------------------------------
+    def _load_data(self) -> tuple[ImageTextPairs, ImageTextPairs, ClassifiedImages | None, str]:
+        config = self.config
+        if not config.train_data:
+            embedded = embedded_pairs(self.image_size)
+            if config.zero_shot_templates == ClipConfig().zero_shot_templates:
+                config.zero_shot_templates = list(ZERO_SHOT_TEMPLATES)
+            held_out = self._pairs(config.eval_data) if config.eval_data else embedded.held_out
+            zero_shot = self._classified(config.zero_shot_data) if config.zero_shot_data else embedded.zero_shot
+            return embedded.train, held_out, zero_shot, embedded.train.description
+        train = self._pairs(config.train_data)
+        if config.eval_data:
+            held_out = self._pairs(config.eval_data)
+        else:
+            train, held_out = _split(train, config.held_out_pairs)
+        zero_shot = self._classified(config.zero_shot_data) if config.zero_shot_data else None
+        return train, held_out, zero_shot, train.description
+
+    def _pairs(self, sources) -> ImageTextPairs:
+        pairs = load_pairs(sources, self.config.image_column, self.config.caption_column)
+        if pairs.skipped:
+            logger.warning("%s", pairs.description)
+        return pairs
+
+    def _classified(self, sources) -> ClassifiedImages:
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        listing = Listing()
+        records = list(iter_image_records(sources, labelled=True, listing=listing))
+        declared = next(iter(listing.classes.values()), None)
+        class_names = list(declared) if declared else sorted({record.label for record in records})
+        index = {name: i for i, name in enumerate(class_names)}
+        labels = np.array([index[record.label] for record in records], dtype=np.int64)
+        description = f"{len(records):,} labelled images in {len(class_names)} classes from {', '.join(sources)}"
+        return ClassifiedImages(Images(records=records), labels, class_names, description)
+
+    def _batches(self, pairs: ImageTextPairs, stream: int) -> PairBatches:
+        config = self.config
+        return PairBatches(pairs, self.tokenize, self.image_size, config.max_image_pixels, config.seed, stream,
+                           train=stream == TRAIN_STREAM)  # fmt: skip
+
+    def train_batches(self, start: int, sharding: Sharding) -> Iterator[dict]:
+        batches = self._batches(self.train_pairs, TRAIN_STREAM)
+        return self.indexed_batches(len(self.train_pairs), batches, start, sharding)
+
+    def count(self, batch: dict) -> BatchCount:
+        self._note_skipped(batch["skipped"])
+        samples = batch["pixel_values"].shape[0]
+        return BatchCount(items=samples, samples=samples)
+
+    def _note_skipped(self, skipped: list[tuple[str, str]]) -> None:
+        for reason, name in skipped:
+            if self.skipped[reason] < 3:
+                logger.warning("skipped %s (%s); the next good pair takes its place", name, reason)
+            self.skipped[reason] += 1
+
+    # -- loss --------------------------------------------------------------------------------------------------
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels.float() - self.mean) / self.std
+
+    def begin_step(self, model: nn.Module, micro_batches: list[dict], stage: str = MAIN_STAGE) -> None:
+        """With accumulation, cache every micro-batch's features: they are each other's negatives."""
+        self.step_batches = micro_batches if len(micro_batches) > 1 else []
+        self.cached = [model(self.normalize(b["pixel_values"]), b["input_ids"])[:2] for b in self.step_batches]
+
+    def loss(self, model: nn.Module, batch: dict, stage: str = MAIN_STAGE) -> torch.Tensor:
+        """The loss over the step's whole contrastive batch, summed over this micro-batch's share of its rows.
+
+        Each micro-batch's features carry gradients only through its own forward; the value it reports is
+        its share, so the step's reported loss is the big-batch loss exactly once. The temperature (and
+        bias) is seen by every micro-batch's loss, so its gradient is scaled by the share too: K
+        accumulated micro-batches give the gradient of one big batch, not K times the temperature's.
+        """
+        image, text, scale, bias = model(self.normalize(batch["pixel_values"]), batch["input_ids"])
+        share = 1.0
+        if self.step_batches:
+            position = next(i for i, b in enumerate(self.step_batches) if b is batch)
+            images = [cached[0] for cached in self.cached]
+            texts = [cached[1] for cached in self.cached]
+            images[position], texts[position] = image, text
+            image, text = torch.cat(images), torch.cat(texts)
+            share = 1.0 / len(self.step_batches)
+            scale = scale.detach() + (scale - scale.detach()) * share
+            bias = bias if bias is None else bias.detach() + (bias - bias.detach()) * share
+        rows = image.shape[0]
+        total = self.loss_fn(image, text, scale, bias) * rows
+        return total.detach() * share + (total - total.detach())
+
+    # -- evaluation --------------------------------------------------------------------------------------------
+    def evaluate(self, model: nn.Module, accelerator, step: int) -> dict[str, float]:
+        raw: ClipModel = accelerator.unwrap_model(model)
+        with accelerator.autocast():
+            metrics = self._retrieval(raw, accelerator)
+            if self.zero_shot is not None:
+                metrics.update(self._zero_shot(raw, accelerator))
+        skipped = torch.tensor([float(sum(self.skipped.values()))], device=accelerator.device)
+        metrics["skipped_pairs"] = accelerator.reduce(skipped, "sum").item()
+        return metrics
+
+    def _retrieval(self, model: ClipModel, accelerator) -> dict[str, float]:
+        images, texts, captions = [], [], []
+        batches = eval_batches(len(self.held_out), self._batches(self.held_out, EVAL_STREAM),
+                               self.config.per_device_batch_size, self.sharding, self.config.eval_batches)  # fmt: skip
+        for batch in batches:
+            batch = send_to_device(batch, accelerator.device)
+            images.append(model.encode_image(self.normalize(batch["pixel_values"]), normalize=True).float())
+            texts.append(model.encode_text(batch["input_ids"], normalize=True).float())
+            captions += batch["captions"]
+        image = accelerator.gather(torch.cat(images)).cpu()
+        text = accelerator.gather(torch.cat(texts)).cpu()
+        captions = gather_object(captions) if accelerator.num_processes > 1 else captions
+        metrics = recall_at_k(image, text, captions, RECALL_AT)
+        metrics["eval_loss"] = self._held_out_loss(model, image, text, accelerator)
+        return metrics
+
+    def _held_out_loss(self, model: ClipModel, image: torch.Tensor, text: torch.Tensor, accelerator) -> float:
+        """The loss over held-out chunks the size of a training step's contrastive batch (same on every rank)."""
+        config = self.config
+        chunk = config.per_device_batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+        scale = model.logit_scale.detach().float().cpu().clamp(0, np.log(100)).exp()
+        bias = None if model.logit_bias is None else model.logit_bias.detach().float().cpu()
+        losses, rows = 0.0, 0
+        for first in range(0, len(image) - 1, chunk):
+            part = slice(first, first + chunk)
+            count = len(image[part])
+            if count > 1:
+                losses += float(self.held_out_loss_fn(image[part], text[part], scale, bias)) * count
+                rows += count
+        return losses / max(rows, 1)
+
+    def _zero_shot(self, model: ClipModel, accelerator) -> dict[str, float]:
+        data = self.zero_shot
+        classifier = open_clip.build_zero_shot_classifier(
+            model, self.tokenize, data.class_names, self.config.zero_shot_templates, device=accelerator.device
+        ).float()
+        top = (1, 5) if len(data.class_names) > 5 else (1,)
+        hits = torch.zeros(len(top) + 1, dtype=torch.float64, device=accelerator.device)
+        per_rank = len(data.labels) // self.sharding.world
+        first = self.sharding.rank * per_rank
+        size = self.config.per_device_batch_size
+        for start in range(first, first + per_rank, size):
+            indices = np.arange(start, min(start + size, first + per_rank))
+            batch = classified_pixels(data, indices, self.image_size, self.config.max_image_pixels)
+            self._note_skipped(batch["skipped"])
+            batch = send_to_device(batch, accelerator.device)
+            features = model.encode_image(self.normalize(batch["pixel_values"]), normalize=True).float()
+            hits[:-1] += torch.tensor(zero_shot_hits(features @ classifier, batch["labels"], top), device=hits.device)
+            hits[-1] += len(batch["labels"])
+        totals = accelerator.reduce(hits, "sum").tolist()
+        return {f"zero_shot_top{k}": totals[i] / max(totals[-1], 1.0) for i, k in enumerate(top)}
+
+    # -- export ------------------------------------------------------------------------------------------------
+    def export(self, model: nn.Module, state_dict: dict, output_dir: Path) -> None:
+        self.exported_hf = export_clip(model, state_dict, output_dir)
+
+    def model_card(self, training: dict[str, object], metrics: dict[str, float]) -> ModelCard:
+        config = self.config
+        training = {**training, "loss": "SigLIP sigmoid" if config.loss == "siglip" else "CLIP InfoNCE",
+                    "contrastive batch": training["global batch"]}  # fmt: skip
+        for tower in ("image", "text"):
+            source = getattr(config, f"{tower}_tower_from")
+            if source or getattr(config, f"lock_{tower}"):
+                training[f"{tower} tower"] = f"{'locked' if getattr(config, f'lock_{tower}') else 'trained'}" + (
+                    f", initialised from {source}" if source else ""
+                )
+        if self.skipped:
+            training["bad pairs replaced"] = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items()))
+        hf = self.exported_hf
+        usage = (
+            "from transformers import pipeline\n\n"
+            'classify = pipeline("zero-shot-image-classification", model="PATH_OR_HUB_ID")\n'
+            'classify("image.jpg", candidate_labels=["a cat", "a dog"])'
+            if hf
+            else 'import open_clip\n\nmodel, _, preprocess = open_clip.create_model_and_transforms("local-dir:PATH")'
+        )
+        return ModelCard(
+            title="CLIP model pretrained with fmkit" if config.loss == "clip" else "SigLIP model pretrained with fmkit",
+            library_name="transformers" if hf else "open_clip",
+            pipeline_tag="zero-shot-image-classification",
+            tags=["fmkit", "clip", "contrastive", config.loss],
+            architecture=f"{self.model_description}; {self.num_parameters / 1e6:.1f}M parameters "
+            f"({self.trainable_parameters / 1e6:.1f}M trained)",
+            data=self.data_description,
+            training=training,
+            metrics=metrics,
+            usage=usage,
+        )
+
+
+def _split(pairs: ImageTextPairs, held_out: int) -> tuple[ImageTextPairs, ImageTextPairs]:
+    """A fixed random set of `held_out` pairs for evaluation; the rest train."""
+    if held_out >= len(pairs):
+        raise DataError(
+            f"{pairs.description}: cannot hold out {held_out} pairs; lower held_out_pairs or give eval_data"
+        )
+    order = np.random.default_rng(0).permutation(len(pairs))
+    return pairs.subset(np.sort(order[held_out:])), pairs.subset(np.sort(order[:held_out]))
