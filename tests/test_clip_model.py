@@ -1,4 +1,5 @@
-"""The CLIP model wrapper: gradient checkpointing changes memory, not results; locking freezes a whole tower."""
+"""The CLIP model wrapper and its loss: checkpointing and feature caching change memory, not results; locking
+freezes a whole tower."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import json
 import pytest
 import torch
 from conftest import TINY_CLIP_TEXT, TINY_CLIP_VISION, TINY_OPEN_CLIP
-from open_clip.loss import ClipLoss
+from open_clip.loss import ClipLoss, SigLipLoss
 
+from fmkit.losses.contrastive import AccumulatedContrastiveLoss
 from fmkit.models.clip import ClipModelSpec, build_clip_model
 
 TINY_VISION = {**TINY_CLIP_VISION, "num_hidden_layers": 2}
@@ -57,3 +59,34 @@ def test_locking_a_tower_leaves_it_without_gradients(family, open_clip_name):
     image_prefixes = ("clip.vision_model.", "clip.visual_projection", "clip.visual.")
     assert not [name for name in gradients if name.startswith(image_prefixes)]
     assert [name for name in gradients if "text" in name or "token_embedding" in name]
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_two_cached_micro_batches_give_the_big_batch_gradients(loss):
+    """Every parameter's gradient, temperature and bias included, as the loop computes them: each micro-batch's
+    loss divided by the step's 16 rows. (End to end, Adam would hide a mis-scaled temperature gradient.)"""
+    loss_fn = SigLipLoss() if loss == "siglip" else ClipLoss()
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.randn(16, 3, 16, 16, generator=generator)
+    ids = torch.randint(0, 49406, (16, 16), generator=generator)
+    ids[:, -1] = 49407
+    gradients, values = [], []
+    for parts in (1, 2):
+        torch.manual_seed(0)
+        model = build_clip_model(tiny(loss=loss))
+        contrastive = AccumulatedContrastiveLoss(loss_fn)
+        chunks = list(zip(pixels.chunk(parts), ids.chunk(parts), strict=True))
+        with torch.no_grad():
+            contrastive.begin([model(p, i)[:2] for p, i in chunks])
+        value = 0.0
+        for position, (p, i) in enumerate(chunks):
+            step_loss = contrastive(*model(p, i), position)
+            (step_loss / 16).backward()
+            value += step_loss.item()
+        gradients.append({n: p.grad for n, p in model.named_parameters()})
+        values.append(value)
+    assert values[1] == pytest.approx(values[0], rel=1e-6)
+    big, accumulated = gradients
+    assert "logit_scale" in big and ("logit_bias" in big) == (loss == "siglip")
+    for name in big:
+        torch.testing.assert_close(accumulated[name], big[name], rtol=1e-4, atol=1e-7, msg=name)

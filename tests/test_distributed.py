@@ -151,16 +151,19 @@ def test_causal_lm_two_processes_match_one(tmp_path, text_files):
 # --- CLIP: features gathered across ranks with gradients, a local loss per rank ---------------------------
 
 
-@pytest.mark.parametrize("loss", ["clip", "siglip"])
-def test_contrastive_two_processes_match_one(tmp_path, loss):
-    """Two processes x 8 pairs give the loss of one process x 16: every rank scores its rows against the
-    gathered columns of both, so the contrastive batch is the global one; later steps check the gradients."""
+@pytest.mark.parametrize(
+    ("loss", "config", "accumulation"), [("clip", "ddp.yaml", 1), ("siglip", "deepspeed_zero2.yaml", 2)]
+)
+def test_contrastive_two_processes_match_one(tmp_path, loss, config, accumulation):
+    """Two processes give the loss of one process with the same global batch of 16: every rank scores its rows
+    against the gathered columns of both, so the contrastive batch is the global one. The ZeRO-2 case also
+    accumulates 2 micro-batches of 4 per rank with cached features. Later steps check the updates."""
     common = [*TINY_CLIP, "--loss", loss, "--max_steps", "4", "--eval_every", "4", "--save_every", "0",
               "--eval_batches", "2"]  # fmt: skip
     one, two = tmp_path / "one", tmp_path / "two"
     run([*common, "--output_dir", str(one), "--per_device_batch_size", "16"], recipe="clip.py")
-    two_processes = launch("ddp.yaml")
-    run([*common, "--output_dir", str(two), "--per_device_batch_size", "8"], recipe="clip.py", launcher=two_processes)
+    per_device = ["--per_device_batch_size", str(8 // accumulation), "--gradient_accumulation_steps", str(accumulation)]
+    run([*common, "--output_dir", str(two), *per_device], recipe="clip.py", launcher=launch(config))
     losses_one, losses_two = train_losses(one), train_losses(two)
     assert losses_two[1] == pytest.approx(losses_one[1], rel=1e-5)
     for step in (2, 3, 4):

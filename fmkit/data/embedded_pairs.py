@@ -70,7 +70,11 @@ def embedded_pairs(size: int) -> EmbeddedPairs:
     held_captions += [captions[i] for i in held_crops]
     held_out = ImageTextPairs(Images(pixels=held_pixels), held_captions, "held-out embedded pairs")
     zero_shot = ClassifiedImages(
-        Images(pixels=images.probe_test.images), test_labels, DIGIT_WORDS, f"{len(test_labels)} held-out digits"
+        Images(pixels=images.probe_test.images),
+        test_labels,
+        DIGIT_WORDS,
+        f"{len(test_labels)} held-out digits",
+        ZERO_SHOT_TEMPLATES,
     )
     return EmbeddedPairs(train, held_out, zero_shot)
 

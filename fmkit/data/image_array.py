@@ -111,7 +111,7 @@ def _build(out: Path, sources: list[str], size: int, labelled: bool, max_pixels:
     """Stream decoded images into the memory map as they arrive: memory does not grow with the dataset."""
     listing = Listing()
     records = list(iter_image_records(sources, labelled, listing))
-    class_names = _class_names(records, sources, listing) if labelled else []
+    class_names = label_classes(records, sources, listing) if labelled else []
     index = {name: i for i, name in enumerate(class_names)}
     images = np.lib.format.open_memmap(
         out / "images.npy", mode="w+", dtype=np.uint8, shape=(len(records), size, size, 3)
@@ -137,7 +137,7 @@ def _build(out: Path, sources: list[str], size: int, labelled: bool, max_pixels:
     _write_meta(out, what, class_names, stats, _describe(what, stats), max_pixels)
 
 
-def _class_names(records: list[ImageRecord], sources: list[str], listing: Listing) -> list[str]:
+def label_classes(records: list[ImageRecord], sources: list[str], listing: Listing) -> list[str]:
     """The classes the sources declare (HF ClassLabel) when all declare the same, else the labels sorted."""
     declared = set(listing.classes.values())
     if len(listing.classes) == len(sources) and len(declared) == 1:

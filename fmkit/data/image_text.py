@@ -138,6 +138,8 @@ class ClassifiedImages:
     labels: np.ndarray
     class_names: list[str]
     description: str
+    templates: tuple[str, ...] = ("a photo of a {}.",)
+    """Prompts that suit these classes, used unless the run gives its own."""
 
 
 def load_pairs(sources: str | Sequence[str], image_column: str, caption_column: str) -> ImageTextPairs:
@@ -187,7 +189,7 @@ def _table_pairs(table: Path, image_column: str, caption_column: str, records, c
 
 def _table_rows(table: Path, skipped: Counter):
     delimiter = TABLE_SUFFIXES[table.suffix.lower()]
-    with table.open(encoding="utf-8", newline="") as handle:
+    with table.open(encoding="utf-8-sig", newline="") as handle:  # -sig: spreadsheets start with a BOM
         if delimiter is not None:
             yield from csv.DictReader(handle, delimiter=delimiter)
             return
@@ -234,6 +236,9 @@ def _dataset_pairs(source: str, caption_column: str, records, captions) -> None:
     column = caption_column if caption_column in columns else fallback
     if column is None:
         raise DataError(f"{source}: no caption column '{caption_column}' (columns: {', '.join(columns)})")
+    kind = hf.dataset.features[column]
+    if getattr(kind, "dtype", None) not in ("string", "large_string"):
+        raise DataError(f"{source}: caption column '{column}' holds {kind}, expected one string per row")
     for row, caption in enumerate(hf.dataset[column]):
         records.append(
             DatasetImage(name=f"{source}[{row}]", dataset=name, split=split, column=hf.image_column, row=row)

@@ -13,6 +13,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import open_clip
 import torch
@@ -48,7 +49,8 @@ class ClipModelSpec:
     vision_config: dict = field(default_factory=dict)
     text_config: dict = field(default_factory=dict)
     projection_dim: int = 512
-    sigmoid_loss: bool = False
+    loss: Literal["clip", "siglip"] = "clip"
+    """clip: symmetric InfoNCE with a learned temperature; siglip: pairwise sigmoid loss with a learned bias."""
     image_tower_from: str | None = None
     text_tower_from: str | None = None
     lock_image: bool = False
@@ -57,22 +59,32 @@ class ClipModelSpec:
 
 
 class ClipModel(nn.Module):
-    """Two towers and a learned temperature; `forward` returns what the contrastive losses take."""
+    """Two towers and a learned temperature (and bias); `forward` returns what the contrastive losses take.
+
+    The temperature and bias live here as one-element parameters, taken out of the towers' model: DeepSpeed
+    broadcasts every parameter viewed as bytes, which fails for the 0-dim scalars CLIPModel and open_clip use.
+    The export puts them back in each library's shape.
+    """
 
     image_size: int
     context_length: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    logit_bias: nn.Parameter | None
+
+    def __init__(self, clip: nn.Module, logit_bias: float | None):
+        super().__init__()
+        scale = float(clip.logit_scale.detach())
+        del clip.logit_scale
+        if getattr(clip, "logit_bias", None) is not None:
+            del clip.logit_bias
+        self.clip = clip
+        self.logit_scale = nn.Parameter(torch.tensor([scale]))
+        self.logit_bias = nn.Parameter(torch.tensor([logit_bias])) if logit_bias is not None else None
 
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         raise NotImplementedError
 
     def encode_text(self, input_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        raise NotImplementedError
-
-    @property
-    def logit_scale(self) -> nn.Parameter:
         raise NotImplementedError
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor):
@@ -88,16 +100,10 @@ class ClipModel(nn.Module):
 
 class HFClip(ClipModel):
     def __init__(self, clip: CLIPModel, logit_bias: float | None):
-        super().__init__()
-        self.clip = clip
+        super().__init__(clip, logit_bias)
         vision, text = clip.config.vision_config, clip.config.text_config
         self.image_size, self.context_length = vision.image_size, text.max_position_embeddings
         self.mean, self.std = tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
-        self.logit_bias = nn.Parameter(torch.tensor(logit_bias)) if logit_bias is not None else None
-
-    @property
-    def logit_scale(self) -> nn.Parameter:
-        return self.clip.logit_scale
 
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         features = self.clip.get_image_features(pixel_values=pixel_values).pooler_output
@@ -119,8 +125,8 @@ class HFClip(ClipModel):
 
 class OpenClip(ClipModel):
     def __init__(self, clip: nn.Module, name: str, model_cfg: dict):
-        super().__init__()
-        self.clip, self.name, self.model_cfg = clip, name, model_cfg
+        super().__init__(clip, model_cfg.get("init_logit_bias"))
+        self.name, self.model_cfg = name, model_cfg
         size = clip.visual.image_size
         self.image_size = size[0] if isinstance(size, (tuple, list)) else size
         self.context_length = clip.context_length
@@ -128,14 +134,6 @@ class OpenClip(ClipModel):
         self.mean = tuple(preprocess.get("mean", OPENAI_DATASET_MEAN))
         self.std = tuple(preprocess.get("std", OPENAI_DATASET_STD))
         self.preprocess_cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()}
-
-    @property
-    def logit_scale(self) -> nn.Parameter:
-        return self.clip.logit_scale
-
-    @property
-    def logit_bias(self) -> nn.Parameter | None:  # type: ignore[override]
-        return getattr(self.clip, "logit_bias", None)
 
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         return self.clip.encode_image(pixel_values, normalize=normalize)
@@ -184,10 +182,9 @@ def _build_hf_clip(spec: ClipModelSpec) -> HFClip:
         else:
             logger.warning("%s tower from %s: its projection does not fit projection_dim; a new one is trained",
                            tower, getattr(spec, f"{tower}_tower_from"))  # fmt: skip
-    scale, bias = SIGLIP_INIT if spec.sigmoid_loss else (None, None)
-    if scale is not None:
-        clip.logit_scale.data.fill_(scale)
-    return HFClip(clip, bias)
+    if spec.loss == "siglip":
+        clip.logit_scale.data.fill_(SIGLIP_INIT[0])
+    return HFClip(clip, SIGLIP_INIT[1] if spec.loss == "siglip" else None)
 
 
 def _donor_tower(folder: str, tower: str):
@@ -223,11 +220,17 @@ def _build_open_clip(spec: ClipModelSpec) -> OpenClip:
     model_cfg = open_clip.get_model_config(name)
     if model_cfg is None:
         raise ConfigError(f"model {spec.model}: open_clip has no such model (see open_clip.list_models())")
-    scale, bias = SIGLIP_INIT if spec.sigmoid_loss else (math.log(1 / 0.07), None)
-    clip = open_clip.create_model(name, init_logit_scale=scale, init_logit_bias=bias)
-    model_cfg = copy.deepcopy(model_cfg)
+    text_cfg = model_cfg.get("text_cfg", {})
+    if text_cfg.get("hf_tokenizer_name") or text_cfg.get("vocab_size", 49408) != 49408:
+        raise ConfigError(
+            f"model {spec.model}: its text tower uses its own tokenizer ({text_cfg.get('hf_tokenizer_name') or ''} "
+            f"vocabulary {text_cfg.get('vocab_size')}); fmkit trains open_clip models with CLIP's BPE (49,408 tokens)"
+        )
+    scale, bias = SIGLIP_INIT if spec.loss == "siglip" else (math.log(1 / 0.07), None)
+    model_cfg = {key: value for key, value in copy.deepcopy(model_cfg).items() if key != "init_logit_bias"}
     if bias is not None:
         model_cfg["init_logit_bias"] = bias
+    clip = open_clip.create_model(name, init_logit_scale=scale, init_logit_bias=bias)
     return OpenClip(clip, name, model_cfg)
 
 

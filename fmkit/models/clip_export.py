@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import open_clip
+from torch import nn
 
 from fmkit.models.clip import MAX_LOGIT_SCALE, ClipModel, HFClip, OpenClip
 from fmkit.models.clip_processor import clip_processor
@@ -22,12 +23,18 @@ def export_clip(model: ClipModel, state_dict: dict, output_dir: Path) -> bool:
     possibly partitioned parameters.
     """
     weights = {key[len("clip.") :]: value for key, value in state_dict.items() if key.startswith("clip.")}
-    weights["logit_scale"] = weights["logit_scale"].clamp(0, MAX_LOGIT_SCALE)
+    # The libraries keep the temperature and bias as 0-dim scalars (see ClipModel).
+    weights["logit_scale"] = state_dict["logit_scale"].reshape(()).clamp(0, MAX_LOGIT_SCALE)
     processor = clip_processor(model.image_size, model.mean, model.std, model.context_length)
     if isinstance(model, HFClip):
+        model.clip.logit_scale = nn.Parameter(weights["logit_scale"].clone())
+        if model.logit_bias is not None:  # SigLIP's bias has no place in CLIPModel: keep it in its config
+            model.clip.config.logit_bias = float(state_dict["logit_bias"])
         model.clip.save_pretrained(output_dir, state_dict=weights)
         processor.save_pretrained(output_dir)
         return True
+    if model.logit_bias is not None:
+        weights["logit_bias"] = state_dict["logit_bias"].reshape(())
     return _export_open_clip(model, weights, processor, output_dir)
 
 

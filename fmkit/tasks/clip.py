@@ -18,19 +18,19 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import open_clip
 import torch
-from accelerate.utils import gather_object, send_to_device
+from accelerate.utils import DistributedType, gather_object, send_to_device
 from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
 
 from fmkit.config import TrainConfig
-from fmkit.data.embedded_pairs import ZERO_SHOT_TEMPLATES, embedded_pairs
+from fmkit.data.embedded_pairs import embedded_pairs
+from fmkit.data.image_array import label_classes
 from fmkit.data.image_text import (
     ClassifiedImages,
     Images,
@@ -44,7 +44,8 @@ from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches
 from fmkit.errors import ConfigError, DataError
 from fmkit.eval.retrieval import recall_at_k, zero_shot_hits
 from fmkit.hub import ModelCard
-from fmkit.models.clip import ClipModel, ClipModelSpec, build_clip_model
+from fmkit.losses.contrastive import AccumulatedContrastiveLoss
+from fmkit.models.clip import MAX_LOGIT_SCALE, ClipModel, ClipModelSpec, build_clip_model
 from fmkit.models.clip_export import export_clip
 from fmkit.models.clip_processor import clip_tokenizer
 from fmkit.tasks import register_task
@@ -74,10 +75,9 @@ class ClipConfig(TrainConfig, ClipModelSpec):
     zero_shot_data: str | list[str] | None = None
     """Labelled images for zero-shot classification: ImageFolder layout, .tar shards with .cls labels or
     hf:NAME[:SPLIT] with a label column. The embedded default uses its held-out digits."""
-    zero_shot_templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
-    """Prompts a class name is put into; their text embeddings are averaged into the class's weights."""
-    loss: Literal["clip", "siglip"] = "clip"
-    """clip: symmetric InfoNCE with a learned temperature; siglip: pairwise sigmoid loss with a learned bias."""
+    zero_shot_templates: list[str] | None = None
+    """Prompts a class name is put into ({} marks where); their text embeddings are averaged into the class's
+    weights. Default: the embedded digits' own prompts for the embedded data, else ["a photo of a {}."]"""
     max_image_pixels: int = 89_478_485
     """Refuse larger images (possible decompression bombs) instead of decoding them."""
 
@@ -85,7 +85,8 @@ class ClipConfig(TrainConfig, ClipModelSpec):
         super().validate()
         if self.held_out_pairs < 1:
             raise ConfigError(f"held_out_pairs {self.held_out_pairs}: expected a positive integer")
-        if not self.zero_shot_templates or any("{}" not in t for t in self.zero_shot_templates):
+        templates = self.zero_shot_templates
+        if templates is not None and (not templates or any("{}" not in t for t in templates)):
             raise ConfigError(f"zero_shot_templates {self.zero_shot_templates}: each needs a {{}} for the class name")
 
 
@@ -112,6 +113,16 @@ class ClipTask(Task):
     def setup(self, accelerator) -> nn.Module:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers tokenize; the Rust pool would fork
         config = self.config
+        plugin = accelerator.state.deepspeed_plugin
+        sharded = "DeepSpeed ZeRO-3" if plugin is not None and plugin.zero_stage == 3 else None
+        if accelerator.distributed_type == DistributedType.FSDP:
+            sharded = "FSDP"
+        if sharded:
+            raise ConfigError(
+                f"{sharded} cannot run CLIP towers yet: transformers' CLIP text embeddings and open_clip's towers "
+                "read parameters outside their module's forward, where sharded parameters are not gathered; "
+                "use DeepSpeed ZeRO-2 (deepspeed_zero2.yaml) or DDP"
+            )
         self.device = accelerator.device
         self.sharding = Sharding(accelerator.process_index, accelerator.num_processes)
         model = build_clip_model(config)
@@ -123,15 +134,14 @@ class ClipTask(Task):
         self.train_pairs, self.held_out, self.zero_shot, self.data_description = self._load_data()
         rank, world = accelerator.process_index, accelerator.num_processes
         if config.loss == "siglip":
-            self.loss_fn = SigLipLoss(rank=rank, world_size=world)
-            self.held_out_loss_fn = SigLipLoss()
+            loss_fn, self.held_out_loss_fn = SigLipLoss(rank=rank, world_size=world), SigLipLoss()
         else:
-            self.loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=rank,
-                                    world_size=world)  # fmt: skip
+            loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world)
             self.held_out_loss_fn = ClipLoss()
+        self.contrastive = AccumulatedContrastiveLoss(loss_fn)
         self.skipped: Counter = Counter()
+        self.warned_small_held_out = False
         self.step_batches: list[dict] = []
-        self.cached: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.model_description = model.describe()
         self.num_parameters = sum(p.numel() for p in model.parameters())
         self.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -142,8 +152,6 @@ class ClipTask(Task):
         config = self.config
         if not config.train_data:
             embedded = embedded_pairs(self.image_size)
-            if config.zero_shot_templates == ClipConfig().zero_shot_templates:
-                config.zero_shot_templates = list(ZERO_SHOT_TEMPLATES)
             held_out = self._pairs(config.eval_data) if config.eval_data else embedded.held_out
             zero_shot = self._classified(config.zero_shot_data) if config.zero_shot_data else embedded.zero_shot
             return embedded.train, held_out, zero_shot, embedded.train.description
@@ -165,8 +173,7 @@ class ClipTask(Task):
         sources = [sources] if isinstance(sources, str) else list(sources)
         listing = Listing()
         records = list(iter_image_records(sources, labelled=True, listing=listing))
-        declared = next(iter(listing.classes.values()), None)
-        class_names = list(declared) if declared else sorted({record.label for record in records})
+        class_names = label_classes(records, sources, listing)
         index = {name: i for i, name in enumerate(class_names)}
         labels = np.array([index[record.label] for record in records], dtype=np.int64)
         description = f"{len(records):,} labelled images in {len(class_names)} classes from {', '.join(sources)}"
@@ -198,31 +205,17 @@ class ClipTask(Task):
 
     def begin_step(self, model: nn.Module, micro_batches: list[dict], stage: str = MAIN_STAGE) -> None:
         """With accumulation, cache every micro-batch's features: they are each other's negatives."""
-        self.step_batches = micro_batches if len(micro_batches) > 1 else []
-        self.cached = [model(self.normalize(b["pixel_values"]), b["input_ids"])[:2] for b in self.step_batches]
+        self.step_batches = micro_batches
+        self.contrastive.begin(
+            [model(self.normalize(b["pixel_values"]), b["input_ids"])[:2] for b in micro_batches]
+            if len(micro_batches) > 1
+            else []
+        )
 
     def loss(self, model: nn.Module, batch: dict, stage: str = MAIN_STAGE) -> torch.Tensor:
-        """The loss over the step's whole contrastive batch, summed over this micro-batch's share of its rows.
-
-        Each micro-batch's features carry gradients only through its own forward; the value it reports is
-        its share, so the step's reported loss is the big-batch loss exactly once. The temperature (and
-        bias) is seen by every micro-batch's loss, so its gradient is scaled by the share too: K
-        accumulated micro-batches give the gradient of one big batch, not K times the temperature's.
-        """
-        image, text, scale, bias = model(self.normalize(batch["pixel_values"]), batch["input_ids"])
-        share = 1.0
-        if self.step_batches:
-            position = next(i for i, b in enumerate(self.step_batches) if b is batch)
-            images = [cached[0] for cached in self.cached]
-            texts = [cached[1] for cached in self.cached]
-            images[position], texts[position] = image, text
-            image, text = torch.cat(images), torch.cat(texts)
-            share = 1.0 / len(self.step_batches)
-            scale = scale.detach() + (scale - scale.detach()) * share
-            bias = bias if bias is None else bias.detach() + (bias - bias.detach()) * share
-        rows = image.shape[0]
-        total = self.loss_fn(image, text, scale, bias) * rows
-        return total.detach() * share + (total - total.detach())
+        """The loss over the step's whole contrastive batch, as this micro-batch's share of it."""
+        position = next(i for i, b in enumerate(self.step_batches) if b is batch)  # the loop passes the same dicts
+        return self.contrastive(*model(self.normalize(batch["pixel_values"]), batch["input_ids"]), position)
 
     # -- evaluation --------------------------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, accelerator, step: int) -> dict[str, float]:
@@ -252,24 +245,28 @@ class ClipTask(Task):
         return metrics
 
     def _held_out_loss(self, model: ClipModel, image: torch.Tensor, text: torch.Tensor, accelerator) -> float:
-        """The loss over held-out chunks the size of a training step's contrastive batch (same on every rank)."""
+        """The mean loss over held-out chunks the size of a training step's contrastive batch, so it compares
+        with the training loss; a partial last chunk (fewer negatives, a lower loss) is left out. A held-out
+        set smaller than one chunk is scored whole, with a warning that it is not comparable."""
         config = self.config
         chunk = config.per_device_batch_size * config.gradient_accumulation_steps * accelerator.num_processes
-        scale = model.logit_scale.detach().float().cpu().clamp(0, np.log(100)).exp()
+        if len(image) < chunk:
+            if not self.warned_small_held_out:
+                logger.warning("eval_loss: %d held-out pairs, fewer than a contrastive batch of %d; "
+                               "it is not comparable with the training loss", len(image), chunk)  # fmt: skip
+                self.warned_small_held_out = True
+            chunk = len(image)
+        scale = model.logit_scale.detach().float().cpu().clamp(0, MAX_LOGIT_SCALE).exp()
         bias = None if model.logit_bias is None else model.logit_bias.detach().float().cpu()
-        losses, rows = 0.0, 0
-        for first in range(0, len(image) - 1, chunk):
-            part = slice(first, first + chunk)
-            count = len(image[part])
-            if count > 1:
-                losses += float(self.held_out_loss_fn(image[part], text[part], scale, bias)) * count
-                rows += count
-        return losses / max(rows, 1)
+        starts = range(0, len(image) - chunk + 1, chunk)
+        losses = [float(self.held_out_loss_fn(image[s : s + chunk], text[s : s + chunk], scale, bias)) for s in starts]
+        return sum(losses) / len(losses)
 
     def _zero_shot(self, model: ClipModel, accelerator) -> dict[str, float]:
         data = self.zero_shot
+        templates = self.config.zero_shot_templates or list(data.templates)
         classifier = open_clip.build_zero_shot_classifier(
-            model, self.tokenize, data.class_names, self.config.zero_shot_templates, device=accelerator.device
+            model, self.tokenize, data.class_names, templates, device=accelerator.device
         ).float()
         top = (1, 5) if len(data.class_names) > 5 else (1,)
         hits = torch.zeros(len(top) + 1, dtype=torch.float64, device=accelerator.device)
@@ -279,7 +276,8 @@ class ClipTask(Task):
         for start in range(first, first + per_rank, size):
             indices = np.arange(start, min(start + size, first + per_rank))
             batch = classified_pixels(data, indices, self.image_size, self.config.max_image_pixels)
-            self._note_skipped(batch["skipped"])
+            for reason, name in batch["skipped"]:
+                logger.warning("zero-shot evaluation left out %s (%s)", name, reason)
             batch = send_to_device(batch, accelerator.device)
             features = model.encode_image(self.normalize(batch["pixel_values"]), normalize=True).float()
             hits[:-1] += torch.tensor(zero_shot_hits(features @ classifier, batch["labels"], top), device=hits.device)
@@ -301,6 +299,8 @@ class ClipTask(Task):
                 training[f"{tower} tower"] = f"{'locked' if getattr(config, f'lock_{tower}') else 'trained'}" + (
                     f", initialised from {source}" if source else ""
                 )
+        if config.loss == "siglip" and self.exported_hf:
+            training["logit bias"] = "learned; CLIPModel has none, so it is kept as config.json's logit_bias"
         if self.skipped:
             training["bad pairs replaced"] = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items()))
         hf = self.exported_hf
