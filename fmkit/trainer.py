@@ -287,11 +287,13 @@ class Trainer:
         """Final model at the root of output_dir (written beside, then moved in), model card, Hub upload."""
         config, out = self.config, self.output_dir
         state_dict = accelerator.get_state_dict(model)  # collective under FSDP / ZeRO-3
+        # Under --torch_compile the keys carry the compiled wrapper's prefix; tasks export the plain module.
+        state_dict = {key.removeprefix("_orig_mod."): value for key, value in state_dict.items()}
         if accelerator.is_main_process:
             staging = out / ".export-tmp"
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
-            self.task.export(accelerator.unwrap_model(model), state_dict, staging)
+            self.task.export(accelerator.unwrap_model(model, keep_torch_compile=False), state_dict, staging)
             for item in staging.iterdir():
                 os.replace(item, out / item.name)
             staging.rmdir()
