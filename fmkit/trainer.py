@@ -286,10 +286,10 @@ class Trainer:
     def _export(self, model, accelerator, state: LoopState, metrics: dict[str, float]) -> None:
         """Final model at the root of output_dir (written beside, then moved in), model card, Hub upload."""
         config, out = self.config, self.output_dir
-        state_dict = accelerator.get_state_dict(model)  # collective under FSDP / ZeRO-3
-        # Under --torch_compile the keys carry the compiled wrapper's prefix; tasks export the plain module.
-        state_dict = {key.removeprefix("_orig_mod."): value for key, value in state_dict.items()}
+        state_dict = accelerator.get_state_dict(model)  # collective under FSDP / ZeRO-3; None on other ranks
         if accelerator.is_main_process:
+            # Under --torch_compile the keys carry the compiled wrapper's prefix; tasks export the plain module.
+            state_dict = {key.removeprefix("_orig_mod."): value for key, value in state_dict.items()}
             staging = out / ".export-tmp"
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
