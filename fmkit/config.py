@@ -27,16 +27,38 @@ C = TypeVar("C", bound="TrainConfig")
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
-_POSITIVE = ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "log_every")
-_NON_NEGATIVE = (
-    "eval_every",
-    "save_every",
-    "eval_batches",
-    "warmup_steps",
-    "num_workers",
-    "save_total_limit",
-    "cpu_threads",
-)
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting admits; `TrainConfig.validate` checks every field declared with one."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    """Exclude `low` itself (a learning rate > 0 rather than >= 0)."""
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or not (value > self.high or (self.high_open and value == self.high))
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+POSITIVE = Range(1)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1, low_open=True, high_open=True)
+"""Strictly between 0 and 1, e.g. a masking probability."""
+
+
+def ranged(default: float, allowed: Range):
+    """A dataclass field whose value `validate` checks against `allowed`, with a one-line error."""
+    return dataclasses.field(default=default, metadata={"range": allowed})
 
 
 @dataclass
@@ -48,37 +70,38 @@ class TrainConfig:
     overwrite_output_dir: bool = False
     """Start a new run in an output_dir that already holds one (its checkpoints are replaced)."""
     seed: int = 42
-    max_steps: int = 1000
+    max_steps: int = ranged(1000, POSITIVE)
     """Optimizer steps to train for; the learning-rate schedule spans exactly these."""
-    per_device_batch_size: int = 32
+    per_device_batch_size: int = ranged(32, POSITIVE)
     """Samples per process per micro-batch; the global batch is this x processes x accumulation."""
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-4
-    weight_decay: float = 0.01
+    gradient_accumulation_steps: int = ranged(1, POSITIVE)
+    learning_rate: float = ranged(5e-4, NON_NEGATIVE)
+    """Peak learning rate (0 keeps the weights fixed: a control run)."""
+    weight_decay: float = ranged(0.01, NON_NEGATIVE)
     """Applied to matrices only: biases and normalisation weights are never decayed."""
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
+    adam_beta1: float = ranged(0.9, Range(0, 1, high_open=True))
+    adam_beta2: float = ranged(0.999, Range(0, 1, high_open=True))
+    adam_epsilon: float = ranged(1e-8, Range(0, low_open=True))
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_steps: int = 100
-    max_grad_norm: float = 1.0
+    warmup_steps: int = ranged(100, NON_NEGATIVE)
+    max_grad_norm: float = ranged(1.0, NON_NEGATIVE)
     """Clip the global gradient norm to this; 0 turns clipping off."""
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     """auto: bf16 on GPUs that support it, fp32 elsewhere (bf16 is ~100x slower on most CPUs)."""
     torch_compile: bool = False
-    num_workers: int = 0
+    num_workers: int = ranged(0, NON_NEGATIVE)
     """Data-loader worker processes per rank (0 loads in the training process)."""
-    cpu_threads: int = 0
+    cpu_threads: int = ranged(0, NON_NEGATIVE)
     """Torch threads per process on CPU; 0 = the machine's cores split over its processes (overrides the
     OMP_NUM_THREADS=1 that `accelerate launch` sets on some machines)."""
-    log_every: int = 10
-    eval_every: int = 200
+    log_every: int = ranged(10, POSITIVE)
+    eval_every: int = ranged(200, NON_NEGATIVE)
     """Evaluate every N steps and at the end; 0 evaluates only at the end."""
-    eval_batches: int = 0
+    eval_batches: int = ranged(0, NON_NEGATIVE)
     """Cap on evaluation batches per process; 0 uses the whole held-out split."""
-    save_every: int = 500
+    save_every: int = ranged(500, NON_NEGATIVE)
     """Write a resumable checkpoint every N steps; 0 turns checkpoints off."""
-    save_total_limit: int = 2
+    save_total_limit: int = ranged(2, NON_NEGATIVE)
     """Keep this many most recent checkpoints."""
     resume_from_checkpoint: str | None = None
     """'latest' or a path to checkpoints/step_N: continue that run exactly."""
@@ -90,13 +113,12 @@ class TrainConfig:
     hub_private: bool = False
 
     def validate(self) -> None:
-        """Catch impossible settings before any work starts."""
-        for name in _POSITIVE:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} {getattr(self, name)}: expected a positive integer")
-        for name in _NON_NEGATIVE:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} {getattr(self, name)}: expected 0 or more")
+        """Catch impossible settings before any work starts: every ranged field, in every recipe's config."""
+        for item in dataclasses.fields(self):
+            allowed = item.metadata.get("range")
+            value = getattr(self, item.name)
+            if allowed is not None and not allowed.admits(value):
+                raise ConfigError(f"{item.name} {value}: expected a value {allowed}")
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("push_to_hub needs hub_model_id, e.g. --hub_model_id your-name/model-name")
 

@@ -138,6 +138,12 @@ def test_saved_config_round_trips(tmp_path):
         ({"eval_every": -1}, "eval_every"),
         ({"save_every": -5}, "save_every"),
         ({"push_to_hub": True}, "hub_model_id"),
+        ({"learning_rate": -1.0}, r"learning_rate -1.0: expected a value >= 0$"),
+        ({"adam_beta1": 1.5}, r"adam_beta1 1.5: expected a value in \[0, 1\)$"),
+        ({"adam_beta2": 1.0}, r"adam_beta2 1.0: expected a value in \[0, 1\)$"),
+        ({"adam_epsilon": 0.0}, r"adam_epsilon 0.0: expected a value > 0$"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm"),  # negative used to turn clipping off silently
     ],
 )
 def test_validate_rejects(changes, key):
