@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmkit.eval.image_quality import psnr
+from fmkit.eval.image_quality import ab_error_auc, psnr
 from fmkit.models.backbone import Backbone
 from fmkit.tasks import register_task
 from fmkit.tasks.base import MAIN_STAGE
@@ -89,11 +89,14 @@ class Colorization(PretextTask):
         prediction = model(batch["pixel_values"]).float()
         ab = decode_ab(prediction, self.centres.to(prediction.device)) if self.classifying else prediction * AB_SCALE
         ab = F.interpolate(ab, scale_factor=OUTPUT_STRIDE, mode="bilinear", align_corners=False)
-        lightness = batch["lab"][:, :1]
+        lightness, target_ab = batch["lab"][:, :1], batch["lab"][:, 1:]
+        grey_ab = torch.zeros_like(ab)  # the baseline: the input itself, every pixel left grey
         coloured = lab_to_rgb(torch.cat([lightness, ab], 1))
-        grey = lab_to_rgb(torch.cat([lightness, torch.zeros_like(ab)], 1))
+        grey = lab_to_rgb(torch.cat([lightness, grey_ab], 1))
         return {
             "loss": self.loss(model, batch),
             "psnr": psnr(coloured, batch["target"]).sum(),
-            "psnr_degraded_input": psnr(grey, batch["target"]).sum(),
+            "psnr_grey": psnr(grey, batch["target"]).sum(),
+            "ab_auc": ab_error_auc(ab, target_ab).sum(),
+            "ab_auc_grey": ab_error_auc(grey_ab, target_ab).sum(),
         }

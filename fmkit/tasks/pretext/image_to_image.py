@@ -48,6 +48,8 @@ class ImageToImagePretext(PretextTask):
 
     config: ImageToImageConfig
     pixel_loss: Literal["l1", "l2"] = "l1"
+    baseline: str = "degraded_input"
+    """What the degraded input is, naming its PSNR: eval_psnr_<baseline> is what returning the input scores."""
 
     @property
     def restoration(self) -> str:
@@ -103,5 +105,5 @@ class ImageToImagePretext(PretextTask):
         return {
             "loss": self.reconstruction_loss(restored, batch),
             "psnr": psnr(restored, batch["target"]).sum(),
-            "psnr_degraded_input": psnr(batch["degraded"], batch["target"]).sum(),
+            f"psnr_{self.baseline}": psnr(batch["degraded"], batch["target"]).sum(),
         }

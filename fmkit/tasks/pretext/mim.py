@@ -20,7 +20,7 @@ from fmkit.models.backbone import Backbone
 from fmkit.tasks import register_task
 from fmkit.tasks.base import MAIN_STAGE
 from fmkit.tasks.pretext.common import PretextConfig, PretextModel, PretextTask
-from fmkit.vision.patches import normalized_patches, patchify, random_masking, unpatchify
+from fmkit.vision.patches import normalized_patches, patchify, random_masking
 
 
 @dataclass
@@ -107,13 +107,38 @@ class MaskedImageModeling(PretextTask):
         return self._masked_error(prediction, patches, batch["mask"])
 
     def heldout_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        """PSNR of the image with hidden patches filled in (predictions un-normalised with each patch's statistics)."""
+        """Loss and PSNR on the hidden patches, beside the mean-patch baseline scored the same way."""
         prediction, patches = self._predict(model, batch)
-        mean, std = patches.mean(-1, keepdim=True), (patches.var(-1, keepdim=True) + 1e-6).sqrt()
-        mask = batch["mask"].unsqueeze(-1)
-        filled = torch.where(mask, prediction * std + mean, patches)
-        size = batch["pixel_values"].shape[-1]
-        mean_rgb, std_rgb = self.mean.to(prediction.device), self.std.to(prediction.device)
-        restored = (unpatchify(filled, self.patch, 3, size, size) * std_rgb + mean_rgb).clamp(0, 1)
-        original = (batch["pixel_values"].float() * std_rgb + mean_rgb).clamp(0, 1)
-        return {"loss": self._masked_error(prediction, patches, batch["mask"]), "psnr": psnr(restored, original).sum()}
+        mask = batch["mask"]
+        baseline, mean, spread = self._mean_patch(patches, mask)
+        hidden = mask.unsqueeze(-1).expand_as(patches)
+        target = self._to_pixels(patches)[hidden].view(len(patches), -1)
+        sums = {}
+        for suffix, normalized in (("", prediction), ("_mean_patch", baseline)):
+            predicted = self._to_pixels(normalized * spread + mean)[hidden].view(len(patches), -1)
+            sums[f"loss{suffix}"] = self._masked_error(normalized, patches, mask)
+            sums[f"psnr{suffix}"] = psnr(predicted, target).sum()
+        return sums
+
+    def _mean_patch(self, patches: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The baseline, and how normalised patches are turned back into pixels, from visible patches only.
+
+        The baseline fills every hidden patch with the mean colour of the image's visible patches (given as
+        the normalised patch that becomes that colour). Normalised predictions become pixels through the mean
+        and the mean per-patch spread of the visible patches: the target's own statistics would tell the model
+        each hidden patch's brightness and contrast, which the baseline never gets.
+        """
+        batch, count, _ = patches.shape
+        visible = (~mask).to(patches.dtype)[:, :, None, None]
+        by_channel = patches.view(batch, count, -1, 3)
+        colour = (by_channel * visible).sum((1, 2)) / (visible.sum((1, 2)) * by_channel.shape[2])
+        mean = colour.mean(-1)[:, None, None]
+        spread = (patches.var(-1) + 1e-6).sqrt()
+        spread = ((spread * visible[:, :, 0, 0]).sum(1) / visible[:, :, 0, 0].sum(1))[:, None, None]
+        baseline = ((colour[:, None, None, :] - mean[..., None]) / spread[..., None]).expand_as(by_channel)
+        return baseline.reshape(patches.shape), mean, spread
+
+    def _to_pixels(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patches of normalised images back to [0, 1] pixels (channels are the innermost patch dimension)."""
+        std, mean = self.std.flatten().to(patches.device), self.mean.flatten().to(patches.device)
+        return (patches.view(*patches.shape[:2], -1, 3) * std + mean).clamp(0, 1).view(patches.shape)

@@ -33,6 +33,7 @@ class SuperResolution(ImageToImagePretext):
     config_class = SuperResolutionConfig
     config: SuperResolutionConfig
     pixel_loss = "l1"
+    baseline = "bicubic"  # the input is the bicubically upscaled low-resolution image (SRCNN's baseline)
 
     @property
     def restoration(self) -> str:
