@@ -1,8 +1,8 @@
 """The embedded default images: real data that every fresh install already has on disk, so vision recipes run offline.
 
-scikit-learn bundles 1,797 handwritten digits (labelled, for linear-probe and kNN evaluation); scikit-image and
-scikit-learn bundle a handful of natural photographs, cut into square crops at several scales for pretext
-training. Files are read from the installed packages' folders, never through their download helpers.
+scikit-learn bundles 1,797 handwritten digits (labelled: the probe set where Fashion-MNIST is not installed);
+scikit-image and scikit-learn bundle a handful of natural photographs, cut into square crops at several scales
+for pretext training. Files are read from the installed packages' folders, never through their download helpers.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from fmkit.data.image_array import ImageArray, image_array_from_numpy
-from fmkit.data.images import decode_image
+from fmkit.data.images import decode_image, resize_grey_squares
 
 EMBEDDED_VERSION = 1
 """Bump whenever the same packages and size would give different arrays, so caches rebuild."""
@@ -36,13 +36,12 @@ DIGIT_CLASSES = [str(digit) for digit in range(10)]
 PHOTO_MAX_PIXELS = 4_000_000
 
 EMBEDDED_DESCRIPTION = (
-    "The embedded default images need no download. scikit-learn's 1,797 handwritten digits (8x8 pixels, "
-    "16 grey levels, scaled to 8-bit RGB and upscaled bicubically) are split by a seeded permutation into "
-    f"{PROBE_TRAIN_DIGITS:,} training and {DIGITS - PROBE_TRAIN_DIGITS} held-out digits, the labelled splits for "
-    "linear-probe and kNN evaluation. Pretext training uses the training digits without their labels plus about "
-    "1,000 square crops, at 1/2, 1/3 and 1/4 of the shorter side on a regular grid, of the natural photographs "
-    "bundled with scikit-image (astronaut, coffee, Chelsea the cat, a rocket, motorcycles, the Hubble deep field, "
-    "a retina, coins, textures such as brick, grass and gravel, ...) and scikit-learn (china.jpg, flower.jpg)."
+    "Trained on the embedded default images, which need no download: the "
+    f"{PROBE_TRAIN_DIGITS:,} training digits of a seeded split of scikit-learn's {DIGITS:,} handwritten digits (8x8 "
+    "pixels, 16 grey levels, scaled to 8-bit RGB and upscaled bicubically), without their labels, plus about 1,000 "
+    "square crops, at 1/2, 1/3 and 1/4 of the shorter side on a regular grid, of the natural photographs bundled "
+    "with scikit-image (astronaut, coffee, Chelsea the cat, a rocket, motorcycles, the Hubble deep field, a retina, "
+    "coins, textures such as brick, grass and gravel, ...) and scikit-learn (china.jpg, flower.jpg)."
 )
 
 
@@ -50,6 +49,8 @@ EMBEDDED_DESCRIPTION = (
 class EmbeddedImages:
     train: ImageArray
     """Unlabelled pretext training images: the training digits and the photograph crops."""
+    photos: ImageArray
+    """The photograph crops alone (`embedded:photos`): colour, for tasks that learn from it."""
     probe_train: ImageArray
     """Labelled digits 0-9, for training linear probes and kNN."""
     probe_test: ImageArray
@@ -62,13 +63,19 @@ def embedded_images(size: int) -> EmbeddedImages:
     crops = _crop_boxes(photos)
     key = (EMBEDDED_VERSION, size, _versions(), [(path.name, path.stat().st_size) for path in photos])
     digits = f"scikit-learn handwritten digits (0-9) at {size}x{size}"
+    photo_crops = f"{len(crops):,} crops of {len(photos)} photographs bundled with scikit-image and scikit-learn"
     train = image_array_from_numpy(
         "embedded-train",
         key,
         lambda: (np.concatenate([_digit_split(size, "train")[0], _crop_images(crops, size)]), None),
         description=f"{PROBE_TRAIN_DIGITS + len(crops):,} unlabelled images at {size}x{size}: {PROBE_TRAIN_DIGITS:,} "
-        f"scikit-learn handwritten digits and {len(crops):,} crops of {len(photos)} photographs bundled with "
-        "scikit-image and scikit-learn",
+        f"scikit-learn handwritten digits and {photo_crops}",
+    )
+    photo_array = image_array_from_numpy(
+        "embedded-photos",
+        key,
+        lambda: (_crop_images(crops, size), None),
+        description=f"{photo_crops} at {size}x{size}",
     )
     probe_train = image_array_from_numpy(
         "embedded-probe-train",
@@ -84,7 +91,7 @@ def embedded_images(size: int) -> EmbeddedImages:
         class_names=DIGIT_CLASSES,
         description=f"{DIGITS - PROBE_TRAIN_DIGITS} held-out {digits}, probe test split",
     )
-    return EmbeddedImages(train=train, probe_train=probe_train, probe_test=probe_test)
+    return EmbeddedImages(train=train, photos=photo_array, probe_train=probe_train, probe_test=probe_test)
 
 
 def photo_crop_sources() -> list[str]:
@@ -117,13 +124,7 @@ def _digit_split(size: int, split: str) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.RandomState(0).permutation(len(digits.target))
     chosen = order[:PROBE_TRAIN_DIGITS] if split == "train" else order[PROBE_TRAIN_DIGITS:]
     grey = np.rint(digits.images[chosen] * (255 / 16)).astype(np.uint8)
-    images = np.stack([_upscale(image, size) for image in grey])
-    return images, digits.target[chosen].astype(np.int64)
-
-
-def _upscale(grey: np.ndarray, size: int) -> np.ndarray:
-    resized = Image.fromarray(grey).resize((size, size), Image.Resampling.BICUBIC)
-    return np.repeat(np.asarray(resized)[..., None], 3, axis=2)
+    return resize_grey_squares(grey, size), digits.target[chosen].astype(np.int64)
 
 
 def _crop_boxes(photos: list[Path]) -> list[tuple[Path, tuple[int, int, int, int]]]:

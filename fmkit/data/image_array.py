@@ -26,6 +26,7 @@ from fmkit.data.images import (
     ImageRecord,
     Listing,
     decode_image,
+    is_named_source,
     iter_image_records,
     resize_square,
     source_files,
@@ -61,11 +62,21 @@ def load_image_array(
     max_pixels: int = PIL_MAX_PIXELS,
     workers: int = 0,
 ) -> ImageArray:
-    """Decode every image once (cached per machine); later calls, and other processes, map the cache."""
+    """Decode every image once (cached per machine); later calls, and other processes, map the cache.
+
+    A named source (`fashion-mnist:train`, `embedded:photos`, ...) is an array already and stands alone.
+    """
     sources = [sources] if isinstance(sources, str) else list(sources)
     for setting, value in (("size", size), ("max_pixels", max_pixels)):
         if value < 1:
             raise ConfigError(f"{setting}: expected a positive number of pixels, got {value}")
+    named = [source for source in sources if is_named_source(source)]
+    if named:
+        if len(sources) > 1:
+            raise ConfigError(f"{', '.join(sources)}: a named source ({named[0]}) must be the only source")
+        from fmkit.data.named_images import named_image_array  # it builds on this module
+
+        return named_image_array(named[0], size, labelled)
     key = fingerprint(BUILDER_VERSION, sources, size, labelled, max_pixels, _file_states(sources))
     build = functools.partial(
         _build, sources=sources, size=size, labelled=labelled, max_pixels=max_pixels, workers=workers

@@ -5,8 +5,9 @@ generator per sample), what its model predicts and what the loss is. Everything 
 
 * images are decoded once into a cached array; training takes seeded random crops, evaluation centre crops;
 * a slice of the training images is held out for the task's own metrics (pretext accuracy, PSNR);
-* every evaluation fits a linear probe and a kNN classifier on frozen backbone features of a labelled
-  split, next to the same numbers for a randomly initialised backbone of the same architecture;
+* every evaluation fits a linear probe, a kNN classifier and few-shot linear probes on frozen backbone features
+  of a labelled split, next to the same numbers for a randomly initialised backbone of the same architecture,
+  and names the probe set, so numbers measured on different sets are never compared by mistake;
 * the export is the backbone alone, as a stock transformers model with its image processor.
 """
 
@@ -27,8 +28,9 @@ from fmkit.config import TrainConfig
 from fmkit.data.embedded_images import EMBEDDED_DESCRIPTION, embedded_images
 from fmkit.data.image_array import ImageArray, load_image_array
 from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches, sample_seeds
+from fmkit.data.named_images import default_probe_sources
 from fmkit.errors import ConfigError, DataError
-from fmkit.eval.probe import knn_accuracy, linear_probe_accuracy
+from fmkit.eval.probe import KNN_K, few_shot_accuracy, knn_accuracy, linear_probe_accuracy
 from fmkit.hub import ModelCard
 from fmkit.models.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, build_backbone, image_processor, random_copy
 from fmkit.tasks.base import MAIN_STAGE, BatchCount, Task
@@ -41,13 +43,16 @@ class PretextConfig(TrainConfig):
     """Options shared by the vision pretext tasks."""
 
     train_images: str | list[str] | None = None
-    """Unlabelled training images: folders (recursive), globs, WebDataset .tar shards or hf:NAME[:SPLIT].
-    Default: the embedded images (scikit-learn digits and scikit-image photographs)."""
+    """Unlabelled training images: folders (recursive), globs, WebDataset .tar shards, hf:NAME[:SPLIT], or one
+    named source (fashion-mnist:train, embedded:photos, ...). Default: the embedded images (scikit-learn digits
+    and scikit-image photographs)."""
     probe_train_images: str | list[str] | None = None
-    """Labelled images for the linear probe and kNN: ImageFolder layout (root/class/image), .tar shards with
-    .cls labels, or hf:NAME[:SPLIT] with a label column. Default: the embedded digits."""
+    """Labelled images for the linear, kNN and few-shot probes: ImageFolder layout (root/class/image), .tar shards
+    with .cls labels, hf:NAME[:SPLIT] with a label column, or fashion-mnist:train[:COUNT] / embedded:digits:train.
+    Default: fashion-mnist:train:10000 (1,000 per class) if Fashion-MNIST is installed, else embedded:digits:train."""
     probe_test_images: str | list[str] | None = None
-    """Labelled held-out images the probes are scored on (same forms as probe_train_images)."""
+    """Labelled held-out images the probes are scored on (same forms as probe_train_images). Default:
+    fashion-mnist:test:2000 if Fashion-MNIST is installed, else embedded:digits:test."""
     image_size: int = 64
     """Side of the square crops the backbone sees."""
     stored_size: int = 72
@@ -58,7 +63,8 @@ class PretextConfig(TrainConfig):
     """Refuse larger images (possible decompression bombs) instead of decoding them."""
     heldout_images: int = 256
     """Training images set aside for the pretext task's own held-out metrics (accuracy, PSNR)."""
-    knn_k: int = 20
+    knn_k: int = KNN_K
+    """Neighbours in the kNN vote; keep fmkit's one definition (200) to compare runs and methods."""
     backbone_type: str = "resnet"
     """A transformers vision model type to build from scratch: resnet, vit, convnext, ..."""
     backbone_config: dict = field(default_factory=dict)
@@ -133,25 +139,26 @@ class PretextTask(Task):
 
     def _load_images(self) -> tuple[ImageArray, ImageArray, ImageArray, str]:
         config = self.config
-        embedded = None
-        if not (config.train_images and config.probe_train_images and config.probe_test_images):
-            embedded = embedded_images(config.stored_size)
+        default_train, default_test = default_probe_sources()
+        probe_sources = (config.probe_train_images or default_train, config.probe_test_images or default_test)
 
-        def load(sources, labelled: bool, default: ImageArray | None) -> ImageArray:
-            if not sources:
-                return default
+        def load(sources, labelled: bool) -> ImageArray:
             sources = [sources] if isinstance(sources, str) else list(sources)
             return load_image_array(sources, config.stored_size, labelled=labelled, max_pixels=config.max_image_pixels)
 
-        train = load(config.train_images, False, embedded and embedded.train)
-        probe_train = load(config.probe_train_images, True, embedded and embedded.probe_train)
-        probe_test = load(config.probe_test_images, True, embedded and embedded.probe_test)
+        train = load(config.train_images, False) if config.train_images else embedded_images(config.stored_size).train
+        probe_train, probe_test = (load(sources, True) for sources in probe_sources)
         if probe_train.class_names != probe_test.class_names:
             raise DataError(
                 f"probe splits disagree on classes: {probe_train.class_names[:5]}... vs {probe_test.class_names[:5]}..."
             )
-        description = EMBEDDED_DESCRIPTION if not config.train_images else train.description
-        return train, probe_train, probe_test, description
+        self.probe_set = " -> ".join(_spelled(sources) for sources in probe_sources)
+        trained_on = EMBEDDED_DESCRIPTION if not config.train_images else f"Trained on {train.description}."
+        probed_on = (
+            f"The linear, kNN and few-shot probes (probe set `{self.probe_set}`) are fitted on "
+            f"{probe_train.description}; they are scored on {probe_test.description}."
+        )
+        return train, probe_train, probe_test, f"{trained_on} {probed_on}"
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
@@ -208,8 +215,11 @@ class PretextTask(Task):
         metrics.update(self.random_backbone_metrics)
         return metrics
 
-    def _representation_metrics(self, backbone: Backbone, accelerator, baseline: bool = False) -> dict[str, float]:
-        """Linear probe and kNN accuracy on frozen features; every process gets the same numbers.
+    def _representation_metrics(
+        self, backbone: Backbone, accelerator, baseline: bool = False
+    ) -> dict[str, float | str]:
+        """Linear probe, kNN and few-shot accuracy on frozen features, and the probe set's name (a string, which
+        metrics.jsonl and the model card keep and TensorBoard skips); every process gets the same numbers.
 
         The baseline runs on each process alone (a plain module); the trained backbone's features are
         computed in shards and gathered. Both use the first (n // processes) x processes images.
@@ -227,9 +237,11 @@ class PretextTask(Task):
             features.append((feats.float().numpy(), split.labels[:used]))
         (train_x, train_y), (test_x, test_y) = features
         suffix = "_random_backbone" if baseline else ""
-        return {
+        metrics = {} if baseline else {"probe_set": self.probe_set}
+        return metrics | {
             f"linear_probe_accuracy{suffix}": linear_probe_accuracy(train_x, train_y, test_x, test_y, self.config.seed),
             f"knn_accuracy{suffix}": knn_accuracy(train_x, train_y, test_x, test_y, k=self.config.knn_k),
+            f"few_shot_accuracy{suffix}": few_shot_accuracy(train_x, train_y, test_x, test_y),
         }
 
     @torch.no_grad()
@@ -274,3 +286,7 @@ class PretextTask(Task):
             metrics=metrics,
             usage=usage,
         )
+
+
+def _spelled(sources: str | list[str]) -> str:
+    return sources if isinstance(sources, str) else ", ".join(sources)
