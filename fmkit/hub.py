@@ -12,6 +12,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, HTTPError
 
 from fmkit.errors import FmkitError
+from fmkit.metrics import baseline_of
 
 # Training by-products that belong on local disk, not in the published model repo.
 _IGNORE_PATTERNS = ["checkpoints/**", "tensorboard/**", "*.tmp", ".*", "**/.*"]
@@ -37,10 +38,24 @@ def _cell(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _table(header: tuple[str, str], rows: dict[str, object]) -> str:
-    lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
-    lines += [f"| {key} | {_cell(value)} |" for key, value in rows.items()]
+def _table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _results(metrics: dict[str, float]) -> list[tuple[object, ...]]:
+    """One row per metric with its baselines beside it (value and which baseline), not as rows of their own."""
+    values: dict[str, float] = {}
+    baselines: dict[str, list[str]] = {}
+    for name, value in metrics.items():
+        metric = baseline_of(name, metrics)
+        if metric is None:
+            values[name] = value
+        else:
+            kind = name.removeprefix(f"{metric}_").replace("_", " ")
+            baselines.setdefault(metric, []).append(f"{_cell(value)} ({kind})")
+    return [(name, value, "; ".join(baselines.get(name, []))) for name, value in values.items()]
 
 
 def _render(card: ModelCard) -> str:
@@ -54,8 +69,8 @@ def _render(card: ModelCard) -> str:
         f"# {card.title}",
         f"## Architecture\n\n{card.architecture}",
         f"## Training data\n\n{card.data}",
-        f"## Training\n\n{_table(('setting', 'value'), card.training)}",
-        f"## Results\n\n{_table(('metric', 'value'), dict(card.metrics))}",
+        f"## Training\n\n{_table(('setting', 'value'), list(card.training.items()))}",
+        f"## Results\n\n{_table(('metric', 'value', 'baseline'), _results(card.metrics))}",
         f"## How to use\n\n```python\n{card.usage.strip()}\n```",
         "Trained with fmkit.",
     ]

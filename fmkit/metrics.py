@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -150,3 +151,17 @@ def _si(value: float) -> str:
             return f"{value:.1f}{unit}"
         value /= 1000
     return f"{value:.1f}T"
+
+
+BASELINE_SUFFIXES = ("_random_backbone", "_unigram", "_degraded_input", "_bicubic", "_grey", "_mean_patch", "_chance",
+                     "_scratch")  # fmt: skip
+"""Metric X's trivial baseline is logged as X plus one of these: what X is without what is being measured
+(training, context, a model at all). The model card and curves.png pair them by these names."""
+
+
+def baseline_of(name: str, names: Collection[str]) -> str | None:
+    """The metric `name` is the baseline of, when `name` ends in a baseline suffix and that metric is in `names`."""
+    for suffix in BASELINE_SUFFIXES:
+        if name.endswith(suffix) and name.removesuffix(suffix) in names:
+            return name.removesuffix(suffix)
+    return None

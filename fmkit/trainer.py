@@ -33,6 +33,7 @@ from fmkit.errors import ConfigError
 from fmkit.hub import push_to_hub, write_model_card
 from fmkit.metrics import MetricsLog, Throughput, format_line, peak_flops
 from fmkit.optim import build_optimizer, build_scheduler
+from fmkit.plots import write_curves
 from fmkit.tasks.base import MAIN_STAGE, Task
 
 logger = logging.getLogger(__name__)
@@ -306,6 +307,7 @@ class Trainer:
             }
             if state.tokens_seen:
                 training["tokens seen"] = state.tokens_seen
+            write_curves(out)
             write_model_card(out, self.task.model_card(training, metrics))
             if config.push_to_hub:
                 url = push_to_hub(out, config.hub_model_id, private=config.hub_private)

@@ -105,6 +105,23 @@ def test_model_card_content(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["README.md"]
 
 
+def test_model_card_puts_each_baseline_beside_its_metric(tmp_path: Path) -> None:
+    metrics = {"eval_psnr": 24.31234, "eval_psnr_bicubic": 23.1, "linear_probe_accuracy": 0.75,
+               "linear_probe_accuracy_random_backbone": 0.5, "linear_probe_accuracy_chance": 0.1,
+               "eval_loss_unigram": 6.5, "samples": 12}  # fmt: skip
+    text = write_model_card(tmp_path, dataclasses.replace(CARD, metrics=metrics)).read_text(encoding="utf-8")
+    results = text.split("## Results\n\n")[1].split("\n\n")[0].splitlines()
+    assert results == [
+        "| metric | value | baseline |",
+        "| --- | --- | --- |",
+        "| eval_psnr | 24.31 | 23.1 (bicubic) |",
+        "| linear_probe_accuracy | 0.75 | 0.5 (random backbone); 0.1 (chance) |",
+        # A baseline without its metric is a metric of its own, as is anything without a baseline.
+        "| eval_loss_unigram | 6.5 |  |",
+        "| samples | 12 |  |",
+    ]
+
+
 def test_rejected_token_gives_one_line_error_without_token(
     hub: LoopbackHub, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -31,3 +33,24 @@ def zero_shot_hits(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int]
     ranked = logits.topk(max(ks), dim=1).indices
     correct = ranked == labels[:, None]
     return [float(correct[:, :k].any(dim=1).sum()) for k in ks]
+
+
+def recall_at_k_chance(captions: Sequence[str], ks: Sequence[int]) -> dict[str, float]:
+    """Recall@k of a random ranking, the baseline beside `recall_at_k` (the same both ways).
+
+    A query whose caption m of the n rows share misses with probability C(n - m, k) / C(n, k).
+    """
+    counts = Counter(captions)
+    n = len(captions)
+    metrics = {}
+    for k in ks:
+        misses = [math.prod((n - counts[c] - j) / (n - j) for j in range(min(k, n))) for c in captions]
+        chance = 1.0 - sum(misses) / max(n, 1)
+        for direction in ("image_to_text", "text_to_image"):
+            metrics[f"{direction}_recall@{k}_chance"] = chance
+    return metrics
+
+
+def zero_shot_chance(classes: int, ks: Sequence[int]) -> dict[str, float]:
+    """Top-k accuracy of guessing k classes at random: the baseline beside zero_shot_top<k>."""
+    return {f"zero_shot_top{k}_chance": min(k, classes) / classes for k in ks}

@@ -42,7 +42,7 @@ from fmkit.data.image_text import (
 from fmkit.data.images import Listing, iter_image_records
 from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches
 from fmkit.errors import ConfigError, DataError
-from fmkit.eval.retrieval import recall_at_k, zero_shot_hits
+from fmkit.eval.retrieval import recall_at_k, recall_at_k_chance, zero_shot_chance, zero_shot_hits
 from fmkit.hub import ModelCard
 from fmkit.losses.contrastive import AccumulatedContrastiveLoss
 from fmkit.models.clip import MAX_LOGIT_SCALE, ClipModel, ClipModelSpec, build_clip_model
@@ -240,7 +240,7 @@ class ClipTask(Task):
         image = accelerator.gather(torch.cat(images)).cpu()
         text = accelerator.gather(torch.cat(texts)).cpu()
         captions = gather_object(captions) if accelerator.num_processes > 1 else captions
-        metrics = recall_at_k(image, text, captions, RECALL_AT)
+        metrics = {**recall_at_k(image, text, captions, RECALL_AT), **recall_at_k_chance(captions, RECALL_AT)}
         metrics["eval_loss"] = self._held_out_loss(model, image, text, accelerator)
         return metrics
 
@@ -283,7 +283,8 @@ class ClipTask(Task):
             hits[:-1] += torch.tensor(zero_shot_hits(features @ classifier, batch["labels"], top), device=hits.device)
             hits[-1] += len(batch["labels"])
         totals = accelerator.reduce(hits, "sum").tolist()
-        return {f"zero_shot_top{k}": totals[i] / max(totals[-1], 1.0) for i, k in enumerate(top)}
+        metrics = {f"zero_shot_top{k}": totals[i] / max(totals[-1], 1.0) for i, k in enumerate(top)}
+        return {**metrics, **zero_shot_chance(len(data.class_names), top)}
 
     # -- export ------------------------------------------------------------------------------------------------
     def export(self, model: nn.Module, state_dict: dict, output_dir: Path) -> None:

@@ -85,18 +85,26 @@ class Colorization(PretextTask):
             per_pixel = (prediction - batch["ab"] / AB_SCALE).square().sum(1)
         return per_pixel.flatten(1).mean(1).sum()
 
-    def heldout_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+    def _colour(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The predicted ab at full resolution, the image it colours, and the grey image (ab = 0, the input)."""
         prediction = model(batch["pixel_values"]).float()
         ab = decode_ab(prediction, self.centres.to(prediction.device)) if self.classifying else prediction * AB_SCALE
         ab = F.interpolate(ab, scale_factor=OUTPUT_STRIDE, mode="bilinear", align_corners=False)
-        lightness, target_ab = batch["lab"][:, :1], batch["lab"][:, 1:]
-        grey_ab = torch.zeros_like(ab)  # the baseline: the input itself, every pixel left grey
+        lightness = batch["lab"][:, :1]
         coloured = lab_to_rgb(torch.cat([lightness, ab], 1))
-        grey = lab_to_rgb(torch.cat([lightness, grey_ab], 1))
+        return ab, coloured, lab_to_rgb(torch.cat([lightness, torch.zeros_like(ab)], 1))
+
+    def sample_columns(self, model: nn.Module, batch: dict) -> list[torch.Tensor]:
+        _, coloured, grey = self._colour(model, batch)
+        return [grey, coloured, batch["target"]]
+
+    def heldout_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        ab, coloured, grey = self._colour(model, batch)
+        target_ab = batch["lab"][:, 1:]
         return {
             "loss": self.loss(model, batch),
             "psnr": psnr(coloured, batch["target"]).sum(),
             "psnr_grey": psnr(grey, batch["target"]).sum(),
             "ab_auc": ab_error_auc(ab, target_ab).sum(),
-            "ab_auc_grey": ab_error_auc(grey_ab, target_ab).sum(),
+            "ab_auc_grey": ab_error_auc(torch.zeros_like(ab), target_ab).sum(),
         }

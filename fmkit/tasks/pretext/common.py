@@ -33,9 +33,13 @@ from fmkit.errors import ConfigError, DataError
 from fmkit.eval.probe import KNN_K, few_shot_accuracy, knn_accuracy, linear_probe_accuracy
 from fmkit.hub import ModelCard
 from fmkit.models.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, build_backbone, image_processor, random_copy
+from fmkit.plots import write_sample_grid
 from fmkit.tasks.base import MAIN_STAGE, BatchCount, Task
 
 logger = logging.getLogger(__name__)
+
+SAMPLE_IMAGES = 4
+"""Held-out images (the first ones, the same at every evaluation) in the sample grid of image-output tasks."""
 
 
 @dataclass
@@ -101,6 +105,10 @@ class PretextTask(Task):
     def heldout_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         """Sums over the batch's loss terms, averaged by the caller into eval_<name>; must include "loss"."""
         return {"loss": self.loss(model, batch)}
+
+    def sample_columns(self, model: nn.Module, batch: dict) -> list[torch.Tensor] | None:
+        """Input, prediction and target ([B, 3, H, W] in [0, 1]) for samples/step_<N>.png; None: no image output."""
+        return None
 
     def count(self, batch: dict) -> BatchCount:
         samples = batch["pixel_values"].shape[0]
@@ -213,6 +221,12 @@ class PretextTask(Task):
         metrics = {f"eval_{name}": total / max(totals[-1], 1.0) for name, total in zip(names, totals[:-1], strict=True)}
         metrics.update(self._representation_metrics(accelerator.unwrap_model(model).backbone, accelerator))
         metrics.update(self.random_backbone_metrics)
+        # Every process runs the samples (a forward may be a collective); the main one writes them.
+        first = np.arange(min(SAMPLE_IMAGES, len(self.heldout_index)))
+        samples = send_to_device(self._batch(self.heldout_index, EVAL_STREAM, first, first), accelerator.device)
+        columns = self.sample_columns(model, samples)
+        if columns is not None:
+            write_sample_grid(columns, accelerator, self.config.output_dir, step)
         return metrics
 
     def _representation_metrics(

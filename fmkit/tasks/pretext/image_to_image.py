@@ -100,6 +100,9 @@ class ImageToImagePretext(PretextTask):
             loss = loss + self.config.adversarial_weight * F.softplus(-self.discriminator(restored * 2 - 1)).sum()
         return loss
 
+    def sample_columns(self, model: nn.Module, batch: dict) -> list[torch.Tensor]:
+        return [batch["degraded"], self.restore(model, batch).clamp(0, 1), batch["target"]]
+
     def heldout_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         restored = self.restore(model, batch).clamp(0, 1)
         return {

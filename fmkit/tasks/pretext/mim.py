@@ -20,7 +20,7 @@ from fmkit.models.backbone import Backbone
 from fmkit.tasks import register_task
 from fmkit.tasks.base import MAIN_STAGE
 from fmkit.tasks.pretext.common import PretextConfig, PretextModel, PretextTask
-from fmkit.vision.patches import normalized_patches, patchify, random_masking
+from fmkit.vision.patches import normalized_patches, patchify, random_masking, unpatchify
 
 
 @dataclass
@@ -105,6 +105,17 @@ class MaskedImageModeling(PretextTask):
     def loss(self, model: nn.Module, batch: dict, stage: str = MAIN_STAGE) -> torch.Tensor:
         prediction, patches = self._predict(model, batch)
         return self._masked_error(prediction, patches, batch["mask"])
+
+    def sample_columns(self, model: nn.Module, batch: dict) -> list[torch.Tensor]:
+        """The image with its hidden patches grey, with them predicted, and whole."""
+        prediction, patches = self._predict(model, batch)
+        _, mean, spread = self._mean_patch(patches, batch["mask"])
+        hidden = batch["mask"].unsqueeze(-1).expand_as(patches)
+        original = self._to_pixels(patches)
+        filled = torch.where(hidden, self._to_pixels(prediction * spread + mean), original)
+        masked = torch.where(hidden, torch.full_like(original, 0.5), original)
+        height, width = batch["pixel_values"].shape[-2:]
+        return [unpatchify(p, self.patch, 3, height, width) for p in (masked, filled, original)]
 
     def heldout_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         """Loss and PSNR on the hidden patches, beside the mean-patch baseline scored the same way."""
