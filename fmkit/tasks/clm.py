@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,9 +40,13 @@ class CLMConfig(TextDataConfig):
     document_aware: bool = False
     """Restart positions after every end-of-text token, so no token attends to an earlier document in its block."""
     samples: int = 3
-    """Greedy continuations of held-out document openings logged at each evaluation (0: none)."""
+    """Sampled continuations of held-out document openings logged at each evaluation (0: none)."""
     sample_prompt_tokens: int = 8
     sample_new_tokens: int = 32
+    sample_temperature: float = 0.8
+    """Saved in the model's generation config: sampling is its default (greedy decoding loops in small models)."""
+    sample_top_p: float = 0.9
+    """Nucleus sampling: draw from the most likely tokens that together hold this probability."""
 
 
 @register_task
@@ -57,10 +62,17 @@ class CausalLM(LanguageModelTask):
 
     def setup(self, accelerator) -> nn.Module:
         model = super().setup(accelerator)
-        if model.generation_config.pad_token_id is None:
-            model.generation_config.pad_token_id = self.tokenizer.eos_token_id
-        self.end_id = self.tokenizer.eos_token_id
         config = self.config
+        generation = model.generation_config
+        if generation.pad_token_id is None:
+            generation.pad_token_id = self.tokenizer.eos_token_id
+        # Nucleus sampling alone (top_k 0 turns off transformers' default top-50), in the saved config too.
+        generation.do_sample, generation.top_k = True, 0
+        generation.temperature, generation.top_p = config.sample_temperature, config.sample_top_p
+        self.end_id = self.tokenizer.eos_token_id
+        # Add-one smoothing keeps tokens never seen in training finite; the baseline is a context-free model.
+        counts = torch.from_numpy(self.unigram_counts).double() + 1.0
+        self.unigram_nll = (counts.sum().log() - counts.log()).float()
         self.prompts = held_out_prompts(self.eval_blocks, self.end_id, config.samples, config.sample_prompt_tokens)
         self.output_dir = Path(config.output_dir)
         return model
@@ -80,25 +92,38 @@ class CausalLM(LanguageModelTask):
         logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False).logits
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), reduction="sum")
 
+    def held_out_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        labels = batch["labels"]
+        return {
+            "loss": self.loss(model, batch),
+            "items": torch.tensor(labels.numel()),
+            "unigram_loss": self.unigram_nll.to(labels.device)[labels].sum(),
+        }
+
+    def held_out_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        return {"eval_loss_unigram": sums["unigram_loss"] / max(sums["items"], 1.0)}
+
     def evaluate(self, model: nn.Module, accelerator, step: int) -> dict[str, float]:
-        metrics = self.held_out_loss(model, accelerator)
+        metrics = super().evaluate(model, accelerator, step)
         self._log_samples(accelerator.unwrap_model(model), accelerator, step)
         return metrics
 
     def _log_samples(self, model: nn.Module, accelerator, step: int) -> None:
-        """Every process generates (sharded weights need all of them); the main one writes samples.jsonl."""
+        """Continuations with the model's own generation config, each after `torch.manual_seed(seed)`: the
+        same draw at every evaluation and on every process (sharded weights need all of them to generate), and
+        the same again from the exported model. The training RNG is left as it was."""
         records = []
-        for prompt in self.prompts:
+        for number, prompt in enumerate(self.prompts):
+            seed = self.config.seed + number
             input_ids = torch.tensor([prompt], device=accelerator.device)
-            output = model.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=self.config.sample_new_tokens,
-                do_sample=False,
-            )
+            with seeded(seed, accelerator.device):
+                output = model.generate(
+                    input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=self.config.sample_new_tokens
+                )
             records.append(
                 {
                     "step": step,
+                    "seed": seed,
                     "prompt": self.tokenizer.decode(prompt),
                     "completion": self.tokenizer.decode(output[0, len(prompt) :]),
                 }
@@ -134,6 +159,15 @@ class CausalLM(LanguageModelTask):
             metrics=metrics,
             usage=usage,
         )
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device):
+    """Run the block after `torch.manual_seed(seed)`, then put back the CPU's and `device`'s RNG states."""
+    devices = [] if device.type == "cpu" else [device]
+    with torch.random.fork_rng(devices=devices, device_type="cuda" if device.type == "cpu" else device.type):
+        torch.manual_seed(seed)
+        yield
 
 
 def held_out_prompts(blocks: Blocks, end_id: int, count: int, length: int) -> list[list[int]]:

@@ -1,7 +1,7 @@
-"""What the text objectives share: token blocks, a transformers model, held-out loss, export and model card.
+"""What the text objectives share: token blocks, a transformers model, held-out metrics, export and model card.
 
 A subclass says which tokens are special, which `AutoModelFor...` it trains, how a batch is made from
-blocks, and how its loss is computed; the rest is here once.
+blocks, how its loss is computed and which sums its held-out metrics need; the rest is here once.
 """
 
 from __future__ import annotations
@@ -44,6 +44,14 @@ class LanguageModelTask(Task):
     def predicted_fraction(self) -> float:
         """Share of positions the output projection runs on, for the FLOPs count."""
 
+    @abstractmethod
+    def held_out_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        """Summed evaluation terms of one held-out batch, always including the summed `loss` over its `items`."""
+
+    def held_out_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """Metrics beyond loss and perplexity from the held-out sums over all processes."""
+        return {}
+
     def setup(self, accelerator) -> nn.Module:
         config = self.config
         data = prepare_text_data(config, self.special_tokens())
@@ -51,6 +59,7 @@ class LanguageModelTask(Task):
         model = build_language_model(config, self.tokenizer, self.auto_class)
         self.tokenizer.model_max_length = usable_positions(model.config)
         self.train_blocks, self.eval_blocks = data.blocks(config.block_size, self.block_overlap)
+        self.unigram_counts = token_counts(self.train_blocks, len(self.tokenizer))
         self.sharding = Sharding(accelerator.process_index, accelerator.num_processes)
         self.model_config = model.config
         self.num_parameters = sum(p.numel() for p in model.parameters())
@@ -62,9 +71,9 @@ class LanguageModelTask(Task):
             len(self.train_blocks), lambda i, p: self.make_batch(self.train_blocks, TRAIN_STREAM, i, p), start, sharding
         )
 
-    def held_out_loss(self, model: nn.Module, accelerator) -> dict[str, float]:
-        """Loss over the held-out blocks, accumulated as two scalars (never all logits)."""
-        totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    def evaluate(self, model: nn.Module, accelerator, step: int) -> dict[str, float]:
+        """Held-out loss, perplexity and the task's metrics, each accumulated as scalars (never all logits)."""
+        names, totals = None, None
         batches = eval_batches(
             len(self.eval_blocks),
             lambda i, p: self.make_batch(self.eval_blocks, EVAL_STREAM, i, p),
@@ -73,11 +82,13 @@ class LanguageModelTask(Task):
             self.config.eval_batches,
         )
         for batch in batches:
-            totals[1] += self.count(batch).items
-            totals[0] += self.loss(model, send_to_device(batch, accelerator.device)).double()
-        loss_sum, items = accelerator.reduce(totals, "sum").tolist()
-        loss = loss_sum / max(items, 1.0)
-        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+            sums = self.held_out_sums(model, send_to_device(batch, accelerator.device))
+            if totals is None:
+                names, totals = list(sums), torch.zeros(len(sums), dtype=torch.float64, device=accelerator.device)
+            totals += torch.stack([torch.as_tensor(sums[name], device=accelerator.device) for name in names]).double()
+        sums = dict(zip(names, accelerator.reduce(totals, "sum").tolist(), strict=True))
+        loss = sums["loss"] / max(sums["items"], 1.0)
+        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), **self.held_out_metrics(sums)}
 
     def export(self, model: nn.Module, state_dict: dict, output_dir: Path) -> None:
         model.save_pretrained(output_dir, state_dict=state_dict)
@@ -98,3 +109,23 @@ class LanguageModelTask(Task):
             f"{config.num_attention_heads} heads, vocabulary {config.vocab_size}, "
             f"{self.num_parameters / 1e6:.1f}M parameters, trained on blocks of {self.config.block_size} tokens"
         )
+
+
+UNIGRAM_SAMPLE_TOKENS = 2**21
+"""Tokens counted for the unigram baselines: enough for stable frequencies of every common token."""
+
+
+def token_counts(blocks: Blocks, vocab_size: int, max_tokens: int = UNIGRAM_SAMPLE_TOKENS) -> np.ndarray:
+    """How often each token id occurs in (an even spread of) the training blocks, for the unigram baselines.
+
+    At most `max_tokens` tokens are read, from blocks spaced evenly over the split, so a token-shard corpus
+    of billions of tokens is sampled in well under a second instead of counted for minutes; a baseline needs
+    frequencies, not a census.
+    """
+    block_tokens = len(blocks.get(np.array([0]))[0])
+    wanted = min(len(blocks), max(1, max_tokens // block_tokens))
+    indices = np.unique(np.linspace(0, len(blocks) - 1, num=wanted, dtype=np.int64))
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for chunk in np.array_split(indices, max(1, len(indices) // 1024)):
+        counts += np.bincount(blocks.get(chunk).flatten().numpy(), minlength=vocab_size)[:vocab_size]
+    return counts

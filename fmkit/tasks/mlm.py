@@ -45,6 +45,10 @@ class MaskedLM(LanguageModelTask):
         model = super().setup(accelerator)
         self.masker = Masker(self.tokenizer, self.config.mlm_probability, self.config.whole_word_masking)
         self.head = MaskedPositionsOnly(model)
+        # The unigram baseline always answers the training split's most frequent token that may be masked.
+        maskable = self.unigram_counts.copy()
+        maskable[self.tokenizer.all_special_ids] = -1
+        self.most_frequent = int(maskable.argmax())
         return model
 
     def make_batch(self, blocks: Blocks, stream: int, indices: np.ndarray, positions: np.ndarray) -> dict:
@@ -58,14 +62,33 @@ class MaskedLM(LanguageModelTask):
         return BatchCount(items=items, samples=input_ids.shape[0], tokens=input_ids.numel())
 
     def loss(self, model: nn.Module, batch: dict, stage: str = MAIN_STAGE) -> torch.Tensor:
+        logits, labels = self._predictions(model, batch)
+        return F.cross_entropy(logits.float(), labels, reduction="sum")
+
+    def _predictions(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) at the predicted positions only."""
         labels = batch["labels"]
         predicted = labels != IGNORE_INDEX
         with self.head.selecting(predicted):
             logits = model(input_ids=batch["input_ids"]).logits
-        return F.cross_entropy(logits.float(), labels[predicted], reduction="sum")
+        return logits, labels[predicted]
 
-    def evaluate(self, model: nn.Module, accelerator, step: int) -> dict[str, float]:
-        return self.held_out_loss(model, accelerator)
+    def held_out_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        """Accuracy counts only where the input holds the mask token: at the 10% of predicted positions left
+        unchanged a model that copies its input would be right without using any context."""
+        logits, labels = self._predictions(model, batch)
+        masked = batch["input_ids"][batch["labels"] != IGNORE_INDEX] == self.masker.mask_id
+        return {
+            "loss": F.cross_entropy(logits.float(), labels, reduction="sum"),
+            "items": torch.tensor(labels.numel()),
+            "masked": masked.sum(),
+            "correct": (masked & (logits.argmax(dim=-1) == labels)).sum(),
+            "unigram_correct": (masked & (labels == self.most_frequent)).sum(),
+        }
+
+    def held_out_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        masked = max(sums["masked"], 1.0)
+        return {"eval_accuracy": sums["correct"] / masked, "eval_accuracy_unigram": sums["unigram_correct"] / masked}
 
     def predicted_fraction(self) -> float:
         return self.config.mlm_probability  # the decoder runs only at the masked positions
