@@ -25,6 +25,14 @@ GRID_GAP = 2
 SAMPLES_DIR = "samples"
 CURVES_FILE = "curves.png"
 TRAINING_PANEL = "training loss"
+EVAL_LOSS_PANEL = "eval loss"
+PERPLEXITY_PANEL = "perplexity"
+ACCURACY_PANEL = "accuracy-like, in [0, 1]"
+ZERO_SHOT_PANEL = "zero-shot accuracy"
+RECALL_PANEL = "retrieval recall@k"
+PSNR_PANEL = "PSNR (dB)"
+PANEL_ORDER = (TRAINING_PANEL, EVAL_LOSS_PANEL, PERPLEXITY_PANEL, ACCURACY_PANEL, ZERO_SHOT_PANEL, RECALL_PANEL,
+               PSNR_PANEL)  # fmt: skip
 ACCURACY_WORDS = ("accuracy", "recall", "top", "auc")
 """Metrics whose names hold one of these (and whose values stay in [0, 1]) share the accuracy-like panel."""
 
@@ -90,6 +98,7 @@ def curves_figure(records: list[dict]):
     AuCs); any other metric gets a panel of its own. A baseline shares its metric's panel and colour, dashed.
     """
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     training = _series([r for r in records if "lr" in r])
     training = {name: points for name, points in training.items() if name == "loss" or name.endswith("_loss")}
@@ -98,6 +107,7 @@ def curves_figure(records: list[dict]):
     for name in sorted(evaluation):
         if baseline_of(name, evaluation) is None:
             panels.setdefault(_panel(name, evaluation[name]), []).append(name)
+    panels = dict(sorted(panels.items(), key=lambda panel: _panel_rank(panel[0])))
     columns = min(len(panels), 3)
     rows = math.ceil(len(panels) / columns) if panels else 0
     figure = Figure(figsize=(5 * max(columns, 1), 3.5 * max(rows, 1)), layout="constrained")
@@ -112,9 +122,14 @@ def curves_figure(records: list[dict]):
         axes.set_title(title)
         axes.set_xlabel("step")
         axes.xaxis.get_major_locator().set_params(integer=True)
-        if title == "perplexity":
+        values = [value for name in names for _, value in series[name]]
+        if title == PERPLEXITY_PANEL and min(values) > 0 and max(values) > 10 * min(values):
             axes.set_yscale("log")
-        axes.legend(fontsize="small")
+        # The legend names the metrics; one entry says what the dashed lines are, so it stays short.
+        handles = [line for line in axes.lines if line.get_linestyle() != "--"]
+        if len(handles) < len(axes.lines):
+            handles.append(Line2D([], [], color="grey", linestyle="--", label="baseline (its metric's colour)"))
+        axes.legend(handles=handles, fontsize="small")
     return figure
 
 
@@ -146,11 +161,16 @@ def _series(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
 
 def _panel(name: str, points: list[tuple[int, float]]) -> str:
     if "psnr" in name:
-        return "PSNR (dB)"
+        return PSNR_PANEL
     if "perplexity" in name:
-        return "perplexity"
+        return PERPLEXITY_PANEL
     if "loss" in name:
-        return "eval loss"
+        return EVAL_LOSS_PANEL
     if any(word in name for word in ACCURACY_WORDS) and all(0.0 <= value <= 1.0 for _, value in points):
-        return "accuracy-like, in [0, 1]"
+        return ZERO_SHOT_PANEL if "zero_shot" in name else RECALL_PANEL if "recall" in name else ACCURACY_PANEL
     return name
+
+
+def _panel_rank(title: str) -> int:
+    """The grouped panels first, in PANEL_ORDER; panels of single metrics after them."""
+    return PANEL_ORDER.index(title) if title in PANEL_ORDER else len(PANEL_ORDER)

@@ -137,8 +137,9 @@ def test_curves_group_metrics_and_draw_baselines_dashed_in_their_metrics_colour(
     with caplog.at_level(logging.WARNING, logger="fmkit.plots"):
         figure = curves_figure(RECORDS)
     panels = {axes.get_title(): lines_of(axes) for axes in figure.axes}
-    assert list(panels) == ["training loss", "eval loss", "perplexity", "PSNR (dB)", "accuracy-like, in [0, 1]",
+    assert list(panels) == ["training loss", "eval loss", "perplexity", "accuracy-like, in [0, 1]", "PSNR (dB)",
                             "skipped_pairs"]  # fmt: skip
+    assert figure.axes[2].get_yscale() == "linear", "perplexity 12 to 8 needs no log scale"
     assert panels["training loss"] == {"discriminator_loss": ("C0", "-", 2), "loss": ("C1", "-", 2)}
     # eval_loss was not finite at step 2: that point is left out, its baseline is drawn whole.
     assert panels["eval loss"] == {"eval_loss": ("C0", "-", 1), "eval_loss_unigram": ("C0", "--", 2)}
@@ -200,8 +201,14 @@ def test_a_run_writes_curves_and_a_card_with_baselines(superres_run):
         assert curves.format == "PNG" and curves.size[0] > 400
     records = read_metrics(superres_run)
     titles = [axes.get_title() for axes in curves_figure(records).axes]
-    assert titles == ["training loss", "eval loss", "PSNR (dB)", "accuracy-like, in [0, 1]"]
+    assert titles == ["training loss", "eval loss", "accuracy-like, in [0, 1]", "PSNR (dB)"]
     final = [r for r in records if "eval_psnr" in r][-1]
     card = (superres_run / "README.md").read_text()
     row = f"| eval_psnr | {final['eval_psnr']:.4g} | {final['eval_psnr_bicubic']:.4g} (bicubic) |"
     assert row in card and "| eval_psnr_bicubic |" not in card
+
+
+def test_perplexity_falling_by_more_than_ten_times_is_drawn_on_a_log_scale():
+    records = [{"step": 0, "eval_perplexity": 1000.0}, {"step": 5, "eval_perplexity": 20.0}]
+    (axes,) = curves_figure(records).axes
+    assert axes.get_title() == "perplexity" and axes.get_yscale() == "log"
