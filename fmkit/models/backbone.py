@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Literal
 
 import torch
 from torch import nn
@@ -21,22 +22,39 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WITHOUT_POOLER = {"vit", "deit", "dinov2"}
+FeaturePooling = Literal["default", "patch_mean", "stages"]
+"""How a backbone turns an image into one vector: "default" is the [CLS] token of a ViT and the pooled last
+stage of a CNN; "patch_mean" averages a ViT's patch tokens (what MAE trains: its [CLS] token gets no signal);
+"stages" concatenates every CNN stage, globally averaged (mid-level features transfer better than the last
+stage, which specialises in the pretext task)."""
 
 
 class Backbone(nn.Module):
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, pooling: FeaturePooling = "default"):
         super().__init__()
         self.model = model
+        self.pooling = pooling
         config = model.config
-        self.feature_dim = config.hidden_sizes[-1] if hasattr(config, "hidden_sizes") else config.hidden_size
         self.is_transformer = hasattr(config, "patch_size") and not hasattr(config, "hidden_sizes")
+        if (pooling == "patch_mean" and not self.is_transformer) or (pooling == "stages" and self.is_transformer):
+            kind = "ViT" if self.is_transformer else "CNN"
+            raise ConfigError(f"feature_pooling {pooling!r} does not apply to a {kind} backbone ({config.model_type})")
+        self.feature_dim = config.hidden_sizes[-1] if hasattr(config, "hidden_sizes") else config.hidden_size
+        """Channels of `feature_map`."""
+        self.vector_dim = sum(config.hidden_sizes) if pooling == "stages" else self.feature_dim
+        """Length of the vector `forward` returns."""
         self.stride = config.patch_size if self.is_transformer else 4 * 2 ** (len(config.hidden_sizes) - 1)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """One feature vector per image: the [CLS] token for ViTs, the pooled last stage for CNNs."""
+        """One feature vector per image, pooled as `pooling` says."""
+        if self.pooling == "stages":
+            outputs = self.model(pixel_values=pixel_values, output_hidden_states=True)
+            earlier = (stage.mean((2, 3)) for stage in outputs.hidden_states[1:-1])
+            return torch.cat([outputs.pooler_output.flatten(1), *earlier], 1)
         outputs = self._run(pixel_values)
         if self.is_transformer:
-            return outputs.last_hidden_state[:, 0]
+            tokens = outputs.last_hidden_state
+            return tokens[:, 1:].mean(1) if self.pooling == "patch_mean" else tokens[:, 0]
         return outputs.pooler_output.flatten(1)
 
     def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -64,7 +82,9 @@ class Backbone(nn.Module):
         return self.model(pixel_values=pixel_values)
 
 
-def build_backbone(model_type: str, overrides: dict, name_or_path: str | None, image_size: int) -> Backbone:
+def build_backbone(
+    model_type: str, overrides: dict, name_or_path: str | None, image_size: int, pooling: FeaturePooling = "default"
+) -> Backbone:
     """A new backbone from a config (the preset's architecture), or a pretrained one to continue from."""
     if name_or_path:
         try:
@@ -81,7 +101,7 @@ def build_backbone(model_type: str, overrides: dict, name_or_path: str | None, i
         if hasattr(config, "image_size"):
             config.image_size = image_size
         model = AutoModel.from_config(config, **_model_kwargs(model_type))
-    backbone = Backbone(model)
+    backbone = Backbone(model, pooling)
     if image_size % backbone.stride:
         raise ConfigError(
             f"image_size {image_size} is not a multiple of the backbone's stride {backbone.stride} "
@@ -100,7 +120,7 @@ def random_copy(backbone: Backbone, seed: int) -> Backbone:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = type(model)(model.config, **_model_kwargs(model.config.model_type))
-    return Backbone(fresh.eval())
+    return Backbone(fresh.eval(), backbone.pooling)
 
 
 def image_processor(image_size: int, stored_size: int) -> ConvNextImageProcessor:

@@ -19,7 +19,7 @@ from fmkit.tasks.pretext.common import PretextModel, PretextTask
 class TileClassifier(PretextModel):
     def __init__(self, backbone: Backbone, tiles: int, num_classes: int):
         super().__init__(backbone)
-        self.head = classifier(tiles * backbone.feature_dim, num_classes)
+        self.head = classifier(tiles * backbone.vector_dim, num_classes)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] (one image each) or [B, T, C, h, w] (T tiles each) -> logits [B, classes]."""

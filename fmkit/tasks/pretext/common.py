@@ -32,7 +32,15 @@ from fmkit.data.named_images import default_probe_sources
 from fmkit.errors import ConfigError, DataError
 from fmkit.eval.probe import KNN_K, few_shot_accuracy, knn_accuracy, linear_probe_accuracy
 from fmkit.hub import ModelCard
-from fmkit.models.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, build_backbone, image_processor, random_copy
+from fmkit.models.backbone import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Backbone,
+    FeaturePooling,
+    build_backbone,
+    image_processor,
+    random_copy,
+)
 from fmkit.plots import write_sample_grid
 from fmkit.tasks.base import MAIN_STAGE, BatchCount, Task
 
@@ -75,6 +83,9 @@ class PretextConfig(TrainConfig):
     """Overrides for the new backbone's config, e.g. {hidden_sizes: [32, 64, 128], depths: [1, 1, 1]}."""
     backbone_name_or_path: str | None = None
     """Continue from this pretrained backbone instead of building one from scratch."""
+    feature_pooling: FeaturePooling = "default"
+    """One vector per image for the probes and the classifying heads: default ([CLS] / pooled last stage),
+    patch_mean (ViTs) or stages (CNNs: every stage averaged and concatenated)."""
 
     def validate(self) -> None:
         super().validate()
@@ -134,7 +145,11 @@ class PretextTask(Task):
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
         backbone = build_backbone(
-            config.backbone_type, config.backbone_config, config.backbone_name_or_path, config.image_size
+            config.backbone_type,
+            config.backbone_config,
+            config.backbone_name_or_path,
+            config.image_size,
+            config.feature_pooling,
         )
         self.backbone_config = backbone.model.config
         self.random_backbone_metrics = self._representation_metrics(
@@ -268,7 +283,7 @@ class PretextTask(Task):
             pixels = self.normalize(self.crops(chunk, None)).to(self.device)
             out.append(backbone(pixels).float().cpu())
         backbone.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0, backbone.feature_dim)
+        return torch.cat(out) if out else torch.zeros(0, backbone.vector_dim)
 
     def export(self, model: nn.Module, state_dict: dict, output_dir: Path) -> None:
         """The backbone alone, as a stock transformers model; heads and discriminators stay in checkpoints."""
