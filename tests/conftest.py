@@ -69,13 +69,71 @@ def jsonl_texts(path: Path) -> list[str]:
 
 
 def run_recipe(args: list[str], recipe: str = "mlm.py", launcher: list[str] | None = None, env: dict | None = None,
-               check: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
-    """Run a recipe as a user would, in a fresh process; `launcher` e.g. ["accelerate", "launch", ...]."""
-    command = [*(launcher or [sys.executable]), str(RECIPES / recipe), *args]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900)
+               check: bool = True, fresh_process: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run a recipe's script as a user would, with its exit status, stdout and stderr.
+
+    In this interpreter by default: an interpreter start with torch and transformers costs seconds, and most
+    tests check what a run writes, not the process. A `launcher` (e.g. ["accelerate", "launch", ...]), extra
+    `env` or `fresh_process=True` runs it in a new process, for what only a real one proves.
+    """
+    script = RECIPES / recipe
+    if launcher or env or fresh_process:
+        command = [*(launcher or [sys.executable]), str(script), *args]
+        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                                timeout=900)  # fmt: skip
+    else:
+        result = _run_script_here(script, args)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        raise AssertionError(f"{script.name} {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
+
+
+def _run_script_here(script: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """`python script args` in this process: argv, stdout, stderr, logging and the exit status as a process has them."""
+    import contextlib
+    import io
+    import logging
+    import runpy
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    root = logging.getLogger()
+    saved_argv, saved_level = sys.argv, root.level
+    sys.argv = [str(script), *args]
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    returncode = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as stop:
+        returncode = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except Exception:  # a crash is a failed run, reported like a process's traceback on stderr
+        import traceback
+
+        err.write(traceback.format_exc())
+        returncode = 1
+    finally:
+        sys.argv = saved_argv
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
+        # Accelerate keeps process-wide singletons; the next run (possibly other settings) starts clean.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return subprocess.CompletedProcess([str(script), *args], returncode, out.getvalue(), err.getvalue())
+
+
+def train_in_process(recipe: str, args: list[str]) -> dict[str, float]:
+    """Train a recipe's task (demo preset + `args`) in this process: no interpreter start-up per run."""
+    from fmkit.config import parse_config
+    from fmkit.tasks import get_task
+    from fmkit.trainer import Trainer
+
+    task_class = get_task(recipe)
+    config = parse_config(task_class.config_class, args, default_preset=RECIPES / "configs" / recipe / "demo.yaml")
+    return Trainer(task_class(config)).fit()
 
 
 def read_metrics(output_dir: Path) -> list[dict]:
