@@ -79,7 +79,11 @@ def main(argv: list[str] | None = None) -> None:
 
     label = args.label or f"h{args.hidden_size}-L{args.num_layers}-T{args.seq_len}-B{args.batch_size}"
     tokenizer = ("wordpiece", args.vocab_size, BERT_SPECIALS)
-    compare_with_trainer(__file__, "mlm", args, tokenizer, model_config, label, ["--weight_decay", "0.01"])
+    # Both sides train a BERT, whatever architecture the demo preset picks.
+    compare_with_trainer(
+        __file__, "mlm", args, tokenizer, model_config, label, ["--weight_decay", "0.01", "--model_type", "bert"]
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -40,10 +40,13 @@ def build_language_model(config: TextDataConfig, tokenizer: PreTrainedTokenizerB
     else:
         overrides = dict(config.model_config)
         overrides.setdefault("vocab_size", round_up(len(tokenizer)))
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            if getattr(tokenizer, name) is not None:
-                overrides.setdefault(name, getattr(tokenizer, name))
         try:
+            # Every special-token id the architecture knows comes from the tokenizer, None included: defaults
+            # such as ModernBERT's 50281 would point past a new, smaller vocabulary.
+            known = AutoConfig.for_model(config.model_type).to_dict()
+            for name in ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id"):
+                if name in known:
+                    overrides.setdefault(name, getattr(tokenizer, name))
             model_config = AutoConfig.for_model(config.model_type, **overrides)
             _fused_gelu(model_config, overrides)
             model = auto_class.from_config(model_config, attn_implementation=attention)
