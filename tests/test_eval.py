@@ -1,4 +1,5 @@
-"""Representation-quality evaluation (linear probe, weighted kNN) and PSNR, on synthetic features and images."""
+"""Representation-quality evaluation (linear probe, weighted kNN, few-shot) and PSNR, on synthetic features and
+images."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 from fmkit.eval.image_quality import psnr
-from fmkit.eval.probe import knn_accuracy, linear_probe_accuracy
+from fmkit.eval.probe import few_shot_accuracy, knn_accuracy, linear_probe_accuracy
 
 CLASSES, DIM = 10, 32
 
@@ -32,13 +33,16 @@ def on_circle(*cosines: float) -> np.ndarray:
     return np.array([[c, math.sqrt(1 - c * c)] for c in cosines], dtype=np.float32)
 
 
-@pytest.mark.parametrize("evaluate", [linear_probe_accuracy, knn_accuracy])
+PROBES = [linear_probe_accuracy, knn_accuracy, few_shot_accuracy]
+
+
+@pytest.mark.parametrize("evaluate", PROBES)
 def test_separable_features_are_classified(evaluate):
     rng = np.random.default_rng(0)
     assert evaluate(*clustered(rng, 1000, 1.0), *clustered(rng, 500, 1.0)) > 0.95
 
 
-@pytest.mark.parametrize("evaluate", [linear_probe_accuracy, knn_accuracy])
+@pytest.mark.parametrize("evaluate", PROBES)
 def test_random_labels_score_near_chance(evaluate):
     rng = np.random.default_rng(1)
     assert evaluate(*random_split(rng, 1000), *random_split(rng, 2000)) < 0.3
@@ -59,6 +63,44 @@ def test_linear_probe_ignores_constant_columns():
     train[:, :4], test[:, :4] = 0.0, 0.0
     train[:, 4], test[:, 4] = 5.0, -5.0
     assert linear_probe_accuracy(train, train_labels, test, test_labels) > 0.95
+
+
+def test_knn_defaults_are_200_neighbours_weighted_at_temperature_0_1():
+    """One class-0 neighbour at cosine 0.9 against 200 class-1 ones at 0.45, of which the 199 nearest vote.
+
+    Weights relative to the best neighbour are exp((cos - 0.9) / T): class 0 gets 1, class 1 gets 199 x e^-4.5 =
+    2.21 at T=0.1 and k=200 (class 1 wins), 199 x e^-6.43 = 0.32 at T=0.07, 19 x e^-4.5 = 0.21 at k=20.
+    """
+    train = on_circle(0.9, *[0.45] * 200)
+    labels = np.array([0] + [1] * 200)
+    query = np.array([[1.0, 0.0]], dtype=np.float32)
+    assert knn_accuracy(train, labels, query, np.array([1])) == 1.0
+    assert knn_accuracy(train, labels, query, np.array([1]), k=200, temperature=0.1) == 1.0
+    assert knn_accuracy(train, labels, query, np.array([0]), k=200, temperature=0.07) == 1.0
+    assert knn_accuracy(train, labels, query, np.array([0]), k=20, temperature=0.1) == 1.0
+
+
+def test_few_shot_fits_on_few_labels_per_class():
+    """Overlapping classes: ten labels per class fit a worse probe than a thousand, the same one every time."""
+    rng = np.random.default_rng(7)
+    train, test = clustered(rng, 1000, 8.0), clustered(rng, 1000, 8.0)
+    few = few_shot_accuracy(*train, *test)
+    assert 0.1 < few < linear_probe_accuracy(*train, *test) - 0.05
+    assert few_shot_accuracy(*train, *test) == few
+    assert few_shot_accuracy(*train, *test, shots=40) > few
+
+
+def test_few_shot_with_every_label_is_the_linear_probe():
+    """Asking for more shots than a class has uses all of it, in every draw: the full linear probe."""
+    rng = np.random.default_rng(8)
+    train, test = clustered(rng, 200, 8.0), clustered(rng, 300, 8.0)
+    assert few_shot_accuracy(*train, *test, shots=1000, draws=2) == linear_probe_accuracy(*train, *test)
+
+
+def test_few_shot_rejects_zero_shots():
+    rng = np.random.default_rng(9)
+    with pytest.raises(ValueError, match="expected shots >= 1 and draws >= 1, got shots=0"):
+        few_shot_accuracy(*random_split(rng, 20), *random_split(rng, 10), shots=0)
 
 
 def test_knn_with_k_beyond_the_train_set_uses_all_of_it():
@@ -123,7 +165,7 @@ def test_knn_matches_a_plain_reference_across_chunks_and_ties():
     assert knn_accuracy(train, train_labels, test, test_labels, k, temperature) == reference
 
 
-@pytest.mark.parametrize("evaluate", [linear_probe_accuracy, knn_accuracy])
+@pytest.mark.parametrize("evaluate", PROBES)
 @pytest.mark.parametrize(
     ("train_shape", "train_count", "test_shape", "test_count", "message"),
     [
@@ -144,7 +186,7 @@ def test_mismatched_shapes_are_rejected(evaluate, train_shape, train_count, test
         )
 
 
-@pytest.mark.parametrize("evaluate", [linear_probe_accuracy, knn_accuracy])
+@pytest.mark.parametrize("evaluate", PROBES)
 def test_non_finite_features_are_rejected(evaluate):
     rng = np.random.default_rng(6)
     train, labels = random_split(rng, 20)

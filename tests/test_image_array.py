@@ -17,7 +17,7 @@ from sklearn.datasets import load_digits
 from fmkit.data.cache import cache_root
 from fmkit.data.embedded_images import EMBEDDED_DESCRIPTION, embedded_images
 from fmkit.data.image_array import image_array_from_numpy, load_image_array
-from fmkit.errors import DataError
+from fmkit.errors import ConfigError, DataError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -189,6 +189,7 @@ def test_embedded_default_images(tmp_path, monkeypatch):
     assert set(probe_test.labels.tolist()) == set(range(10))
     assert (probe_train.images[..., 0] == probe_train.images[..., 2]).all()  # grey digits
     assert train.images[1297:].std(axis=(1, 2)).mean() > 10  # crops of photographs, not blank
+    assert (embedded.photos.images == train.images[1297:]).all() and embedded.photos.labels is None
     assert "1,297" in probe_train.description and "digits" in EMBEDDED_DESCRIPTION
 
     monkeypatch.setenv("FMKIT_CACHE", str(tmp_path / "fresh-cache"))  # a rebuild gives the same arrays
@@ -196,3 +197,26 @@ def test_embedded_default_images(tmp_path, monkeypatch):
     assert again.train.images.filename != train.images.filename
     assert (again.train.images == train.images).all()
     assert (again.probe_test.images == probe_test.images).all()
+
+
+def test_named_embedded_sources_are_the_embedded_arrays():
+    embedded = embedded_images(16)
+    photos = load_image_array("embedded:photos", 16)
+    assert photos.images.filename == embedded.photos.images.filename and photos.labels is None
+    assert (photos.images[..., 0] != photos.images[..., 2]).any()  # colour, unlike the digits
+    for split, expected in (("train", embedded.probe_train), ("test", embedded.probe_test)):
+        digits = load_image_array([f"embedded:digits:{split}"], 16, labelled=True)
+        assert digits.images.filename == expected.images.filename and digits.class_names == expected.class_names
+
+
+@pytest.mark.parametrize(
+    ("sources", "labelled", "error", "message"),
+    [
+        (["embedded:photos"], True, DataError, "embedded:photos: these images have no labels"),
+        (["embedded:cats"], False, DataError, r"embedded:cats: unknown named source \(expected fashion-mnist:"),
+        (["embedded:photos", "more/"], False, ConfigError, r"a named source \(embedded:photos\) must be the only"),
+    ],
+)
+def test_bad_named_source_is_a_one_line_error(sources, labelled, error, message):
+    with pytest.raises(error, match=message):
+        load_image_array(sources, 16, labelled=labelled)

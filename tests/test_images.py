@@ -14,7 +14,14 @@ import pytest
 import webdataset
 from PIL import Image
 
-from fmkit.data.images import BadImage, Listing, decode_image, iter_image_records, resize_square
+from fmkit.data.images import (
+    BadImage,
+    Listing,
+    decode_image,
+    iter_image_records,
+    resize_grey_squares,
+    resize_square,
+)
 from fmkit.errors import DataError
 
 MAX = 10_000_000
@@ -149,6 +156,19 @@ def test_too_large_is_refused_from_the_header():
     assert reason(png_claiming(200, 100), max_pixels=20_000) == "truncated"
     # Beyond Pillow's own bomb limit, its DecompressionBombError is caught too.
     assert reason(png_claiming(100_000, 100_000), max_pixels=10**11) == "too_large"
+
+
+def test_grey_squares_resize_like_colour_images_into_three_equal_channels():
+    grey = np.random.default_rng(0).integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
+    resized = resize_grey_squares(grey, 36)
+    assert resized.shape == (3, 36, 36, 3) and resized.dtype == np.uint8
+    for image, out in zip(grey, resized, strict=True):
+        assert (out == resize_square(Image.fromarray(image).convert("RGB"), 36)).all()
+
+
+def test_named_sources_are_not_listed_as_files():
+    with pytest.raises(DataError, match="fashion-mnist:train: a named source cannot be listed as files here"):
+        list(iter_image_records(["fashion-mnist:train"], labelled=True))
 
 
 def test_resize_square_scales_the_shorter_side_and_crops_the_centre():
