@@ -1,7 +1,7 @@
 """Jigsaw puzzles (Noroozi & Favaro 2016): putting tiles back in place needs to know what objects look like.
 
-Tiles are cut with a gap and random jitter so that edges cannot be matched, and each tile is normalised on
-its own so that brightness cannot give its position away. The permutation set is chosen greedily for
+Tiles are cut with a gap and random jitter so that edges cannot be matched, and by default each tile is
+normalised on its own so that brightness cannot give its position away. The permutation set is chosen greedily for
 maximal Hamming distance, deterministically from (size, seed), and kept in the model's buffers, so it is
 saved in every checkpoint and a resumed run checks it still has the same one.
 """
@@ -32,6 +32,9 @@ class JigsawConfig(PretextConfig):
     permutation_seed: int = 0
     tile_gap: int = 0
     """Pixels left between tiles (jitter range); 0 means image_size // 12."""
+    per_tile_normalization: bool = True
+    """Standardise each tile on its own (the paper's guard against brightness cues). Off, tiles are normalised
+    like whole images, which is what the probes and downstream users feed the backbone (and its BatchNorm)."""
 
     def validate(self) -> None:
         super().validate()
@@ -77,5 +80,6 @@ class Jigsaw(ClassificationPretext):
         puzzles = [
             jigsaw(image, self.permutations, GRID, self.gap, rng) for image, rng in zip(images, rngs, strict=True)
         ]
-        tiles = normalize_tiles(torch.stack([tiles for tiles, _ in puzzles]))
+        tiles = torch.stack([tiles for tiles, _ in puzzles])
+        tiles = normalize_tiles(tiles) if self.config.per_tile_normalization else self.normalize(tiles)
         return {"pixel_values": tiles, "labels": torch.tensor([label for _, label in puzzles])}
