@@ -34,7 +34,7 @@ PSNR_PANEL = "PSNR (dB)"
 PANEL_ORDER = (TRAINING_PANEL, EVAL_LOSS_PANEL, PERPLEXITY_PANEL, ACCURACY_PANEL, ZERO_SHOT_PANEL, RECALL_PANEL,
                PSNR_PANEL)  # fmt: skip
 ACCURACY_WORDS = ("accuracy", "recall", "top", "auc")
-"""Metrics whose names hold one of these (and whose values stay in [0, 1]) share the accuracy-like panel."""
+"""Metrics whose names hold one of these and whose values stay in [0, 1] go to the accuracy-like panels."""
 
 
 # -- sample grids ---------------------------------------------------------------------------------------------
@@ -94,8 +94,9 @@ def write_curves(output_dir: str | Path) -> Path | None:
 def curves_figure(records: list[dict]):
     """A matplotlib Figure: training loss vs step, then one panel per group of eval metrics.
 
-    Eval metrics are grouped into losses, perplexities, PSNRs and values that stay in [0, 1] (accuracies,
-    AuCs); any other metric gets a panel of its own. A baseline shares its metric's panel and colour, dashed.
+    Eval metrics are grouped into losses, perplexities, PSNRs and values that stay in [0, 1] (accuracies and
+    AuCs; zero-shot accuracy and retrieval recall each apart); any other metric gets a panel of its own. A
+    baseline shares its metric's panel and colour, dashed.
     """
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
