@@ -9,8 +9,25 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import RECIPES, TINY_TRAINING, eval_losses, jsonl_texts, read_metrics, run_recipe, train_losses
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from conftest import (
+    RECIPES,
+    TINY_TRAINING,
+    eval_losses,
+    jsonl_texts,
+    read_metrics,
+    run_recipe,
+    train_in_process,
+    train_losses,
+)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from fmkit.config import parse_config
 from fmkit.data.documents import TextSource
@@ -114,33 +131,91 @@ def test_presets_build_standard_architectures(preset, model_class, millions):
 # --- the recipe ---------------------------------------------------------------------------------------------
 
 
-def test_demo_trains_and_generates_in_a_fresh_process(tmp_path):
-    """The demo preset as shipped (fewer steps): loss falls, samples are logged, the export generates alike."""
-    out = tmp_path / "demo"
-    clm(["--output_dir", str(out), "--max_steps", "60", "--eval_every", "30", "--report_to", "none"])
-    evals = eval_losses(out)
-    assert sorted(evals) == [0, 30, 60] and evals[60] < evals[0] - 2.0
-    final = read_metrics(out)[-1]
-    assert final["eval_perplexity"] == pytest.approx(np.exp(evals[60]), rel=1e-6)
-    assert all(0 < m["mfu"] < 1 for m in read_metrics(out) if "mfu" in m)
-    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert {s["step"] for s in samples} == {0, 30, 60} and all(s["prompt"] for s in samples)
-    last = samples[-1]
+# A small GPT-2 on the session's real-text files: learns in seconds, so its checks run in CI.
+SMALL_GPT = [
+    "--model_config", json.dumps({"n_embd": 128, "n_layer": 2, "n_head": 2, "n_positions": 128,
+                                  "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}),
+    "--vocab_size", "1024", "--block_size", "128", "--per_device_batch_size", "32", "--learning_rate", "3e-3",
+    "--warmup_steps", "10", "--max_steps", "200", "--eval_every", "100", "--log_every", "50", "--save_every", "0",
+    "--samples", "4", "--report_to", "none",
+]  # fmt: skip
 
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, text_files):
+    """One run of the demo preset (shrunk by flags) shared by the checks below."""
+    train, held_out = text_files
+    out = tmp_path_factory.mktemp("clm") / "run"
+    train_in_process("clm", ["--train_files", str(train), "--eval_files", str(held_out), *SMALL_GPT,
+                             "--output_dir", str(out)])  # fmt: skip
+    return out
+
+
+def logged_samples(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
+
+def test_held_out_loss_falls_below_the_unigram_entropy(trained):
+    evals = [m for m in read_metrics(trained) if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [0, 100, 200]
+    first, last = evals[0], evals[-1]
+    # The baseline comes from the training split alone, so it is the same number at every evaluation.
+    assert first["eval_loss_unigram"] == last["eval_loss_unigram"] < first["eval_loss"]
+    assert last["eval_loss"] < last["eval_loss_unigram"] - 0.5, evals
+    assert last["eval_perplexity"] == pytest.approx(np.exp(last["eval_loss"]), rel=1e-6)
+    assert all(0 < m["mfu"] < 1 for m in read_metrics(trained) if "mfu" in m)
+    card = (trained / "README.md").read_text()
+    assert "text-generation" in card and "eval_loss_unigram" in card
+
+
+def longest_repeat(ids: list[int]) -> int:
+    """Length of the longest run of one token repeated back to back."""
+    longest, run = 0, 0
+    for i, token in enumerate(ids):
+        run = run + 1 if i and token == ids[i - 1] else 1
+        longest = max(longest, run)
+    return longest
+
+
+def distinct_bigram_fraction(texts: list[str]) -> float:
+    bigrams = [pair for text in texts for pair in zip(text.split(), text.split()[1:], strict=False)]
+    return len(set(bigrams)) / max(len(bigrams), 1)
+
+
+def test_samples_are_text_not_loops(trained):
+    """Sampled with the saved generation config (no repetition penalty): greedy decoding of a small model
+    repeats one token or phrase, which these checks catch."""
+    samples = logged_samples(trained)
+    assert {s["step"] for s in samples} == {0, 100, 200} and all(s["prompt"] for s in samples)
+    final = [s for s in samples if s["step"] == 200]
+    assert len(final) == 4
+    tokenizer = AutoTokenizer.from_pretrained(trained)
+    for sample in final:
+        ids = tokenizer(sample["completion"]).input_ids
+        assert longest_repeat(ids) <= 4, sample
+    assert distinct_bigram_fraction([s["completion"] for s in final]) >= 0.5, final
+
+
+def test_export_samples_alike_in_a_fresh_process(trained):
+    """Plain transformers, no fmkit: the saved generation config samples, and the same seed gives the logged text."""
+    last = logged_samples(trained)[-1]
     check = (
-        "import sys, json\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "import sys, json, torch\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
         "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
-        "ids = t(sys.argv[2], return_tensors='pt').input_ids\n"
-        "out = m.generate(ids, attention_mask=ids.new_ones(ids.shape), max_new_tokens=32, do_sample=False)\n"
-        "print(json.dumps({'completion': t.decode(out[0, ids.shape[1]:]), 'vocab': m.config.vocab_size}))\n"
+        "ids = torch.tensor([t(sys.argv[2]).input_ids])\n"
+        "torch.manual_seed(int(sys.argv[3]))\n"
+        "out = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32)\n"
+        "assert 'fmkit' not in sys.modules\n"
+        "print(json.dumps({'completion': t.decode(out[0, ids.shape[1]:]), 'vocab': m.config.vocab_size,\n"
+        "                  'sampling': m.generation_config.do_sample}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", check, str(out), last["prompt"]], capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    command = [sys.executable, "-c", check, str(trained), last["prompt"], str(last["seed"])]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     reloaded = json.loads(result.stdout.splitlines()[-1])
+    assert reloaded["sampling"] is True
     assert reloaded["completion"] == last["completion"]  # the exported weights are the trained ones
     assert reloaded["vocab"] % 64 == 0
-    assert "text-generation" in (out / "README.md").read_text()
 
 
 def write_shards(folder, text_file, tokenizer) -> None:

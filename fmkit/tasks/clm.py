@@ -43,7 +43,7 @@ class CLMConfig(TextDataConfig):
     """Sampled continuations of held-out document openings logged at each evaluation (0: none)."""
     sample_prompt_tokens: int = 8
     sample_new_tokens: int = 32
-    sample_temperature: float = 0.8
+    sample_temperature: float = 1.0
     """Saved in the model's generation config: sampling is its default (greedy decoding loops in small models)."""
     sample_top_p: float = 0.9
     """Nucleus sampling: draw from the most likely tokens that together hold this probability."""
