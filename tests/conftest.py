@@ -125,17 +125,6 @@ def _run_script_here(script: Path, args: list[str]) -> subprocess.CompletedProce
     return subprocess.CompletedProcess([str(script), *args], returncode, out.getvalue(), err.getvalue())
 
 
-def train_in_process(recipe: str, args: list[str]) -> dict[str, float]:
-    """Train a recipe's task (demo preset + `args`) in this process: no interpreter start-up per run."""
-    from fmkit.config import parse_config
-    from fmkit.tasks import get_task
-    from fmkit.trainer import Trainer
-
-    task_class = get_task(recipe)
-    config = parse_config(task_class.config_class, args, default_preset=RECIPES / "configs" / recipe / "demo.yaml")
-    return Trainer(task_class(config)).fit()
-
-
 def read_metrics(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 

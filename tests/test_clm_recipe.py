@@ -16,7 +16,6 @@ from conftest import (
     jsonl_texts,
     read_metrics,
     run_recipe,
-    train_in_process,
     train_losses,
 )
 from transformers import (
@@ -36,6 +35,7 @@ from fmkit.data.packing import EveryKthBlock, PackedBlocks, document_position_id
 from fmkit.data.shard_writer import write_token_shards
 from fmkit.data.tokenizer import BERT_SPECIALS, train_tokenizer
 from fmkit.tasks.clm import CLM_SPECIALS, CLMConfig
+from fmkit.tasks.language_model import token_counts
 
 TINY_GPT = [
     "--model_config", json.dumps({"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64,
@@ -99,6 +99,14 @@ def test_held_out_blocks_are_every_kth_and_disjoint_from_training():
     assert sorted(train_firsts + held_out_firsts) == list(range(0, 230, 10))
 
 
+def test_unigram_counts_are_exact_for_small_splits_and_bounded_for_large_ones():
+    tokens = np.arange(1000, dtype=np.int64) % 7
+    blocks = PackedBlocks(tokens, block_size=10)
+    assert token_counts(blocks, 8).tolist() == np.bincount(tokens, minlength=8).tolist()
+    sampled = token_counts(blocks, 8, max_tokens=200)  # 20 of the 100 blocks, spread over the split
+    assert sampled.sum() == 200 and sampled[:7].min() > 0
+
+
 def test_resumed_sampler_continues_exactly_over_shards():
     blocks = PackedBlocks([np.arange(1000), np.arange(5000, 5700)], block_size=16, overlap=1)
     sharding = Sharding(rank=1, world=2)
@@ -146,8 +154,7 @@ def trained(tmp_path_factory, text_files):
     """One run of the demo preset (shrunk by flags) shared by the checks below."""
     train, held_out = text_files
     out = tmp_path_factory.mktemp("clm") / "run"
-    train_in_process("clm", ["--train_files", str(train), "--eval_files", str(held_out), *SMALL_GPT,
-                             "--output_dir", str(out)])  # fmt: skip
+    clm(["--train_files", str(train), "--eval_files", str(held_out), *SMALL_GPT, "--output_dir", str(out)])
     return out
 
 

@@ -19,7 +19,6 @@ from conftest import (
     jsonl_texts,
     read_metrics,
     run_recipe,
-    train_in_process,
     train_losses,
 )
 from hub_server import LoopbackHub
@@ -117,7 +116,7 @@ FILL_MASK_SENTENCES = [
 def trained(tmp_path_factory, text_files):
     """One run of the demo preset (shrunk by flags) shared by the checks below."""
     out = tmp_path_factory.mktemp("mlm") / "run"
-    train_in_process("mlm", [*data_args(text_files), *SMALL_MLM, "--output_dir", str(out)])
+    run_recipe([*data_args(text_files), *SMALL_MLM, "--output_dir", str(out)])
     return out
 
 
