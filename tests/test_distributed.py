@@ -86,6 +86,8 @@ TINY_CONVNEXT = [
     "--backbone_config", json.dumps({"hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2}),
     "--image_size", "32", "--stored_size", "36", "--heldout_images", "64", "--eval_batches", "2",
     "--learning_rate", "2e-3", "--warmup_steps", "2", "--report_to", "none", "--log_every", "1", "--save_every", "0",
+    # The small digits probe: what is compared is 2 processes against 1, not the probe set.
+    "--probe_train_images", "embedded:digits:train", "--probe_test_images", "embedded:digits:test",
 ]  # fmt: skip
 PRETEXT_RUNS = {
     "rotation": [],
