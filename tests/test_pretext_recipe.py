@@ -388,6 +388,7 @@ LEARNING_RUNS = {
     "context": (["--max_steps", "200"], {KNN: 0.05, LINEAR: 0.0}),  # +10.2 / +1.0
     "jigsaw": (["--max_steps", "150"], {KNN: 0.04}),  # +7.0 (linear -0.4 this short)
     "inpainting": (["--max_steps", "200"], {KNN: 0.02, "eval_psnr": 3.0}),  # +3.8 / +5.2 dB
+    "mim": (["--max_steps", "200"], {KNN: 0.02}),  # +4.5 (linear -1.0 this short)
 }
 """Per task: the CI-sized run, and how far each metric must beat its baseline (the random backbone for the
 probes, the degraded input for PSNR), below what these runs measured: on 1,000 test images a point is 10."""
