@@ -28,7 +28,7 @@ from accelerate.utils import DistributedType, gather_object, send_to_device
 from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
 
-from fmkit.config import TrainConfig
+from fmkit.config import POSITIVE, TrainConfig, ranged
 from fmkit.data.embedded_pairs import embedded_pairs
 from fmkit.data.image_array import label_classes
 from fmkit.data.image_text import (
@@ -66,7 +66,7 @@ class ClipConfig(TrainConfig, ClipModelSpec):
     (scikit-learn digits and scikit-image photographs with template captions)."""
     eval_data: str | list[str] | None = None
     """Held-out pairs for retrieval and the held-out loss (same forms); default: held_out_pairs of train_data."""
-    held_out_pairs: int = 1000
+    held_out_pairs: int = ranged(1000, POSITIVE)
     """Pairs of train_data set aside for evaluation when eval_data is not given."""
     image_column: str = "image"
     """Image-path column of .csv/.tsv/.jsonl tables (relative to the table's folder)."""
@@ -78,13 +78,11 @@ class ClipConfig(TrainConfig, ClipModelSpec):
     zero_shot_templates: list[str] | None = None
     """Prompts a class name is put into ({} marks where); their text embeddings are averaged into the class's
     weights. Default: the embedded digits' own prompts for the embedded data, else ["a photo of a {}."]"""
-    max_image_pixels: int = 89_478_485
+    max_image_pixels: int = ranged(89_478_485, POSITIVE)
     """Refuse larger images (possible decompression bombs) instead of decoding them."""
 
     def validate(self) -> None:
         super().validate()
-        if self.held_out_pairs < 1:
-            raise ConfigError(f"held_out_pairs {self.held_out_pairs}: expected a positive integer")
         templates = self.zero_shot_templates
         if templates is not None and (not templates or any("{}" not in t for t in templates)):
             raise ConfigError(f"zero_shot_templates {self.zero_shot_templates}: each needs a {{}} for the class name")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fmkit.config import Range, ranged
 from fmkit.eval.image_quality import ab_error_auc, psnr
 from fmkit.models.backbone import Backbone
 from fmkit.tasks import register_task
@@ -36,7 +37,7 @@ class ColorizationConfig(PretextConfig):
     """Colorization: see lightness (L), predict colour (ab) by classification over ab bins or by regression."""
 
     colorization_loss: Literal["classification", "regression"] = "classification"
-    rebalance: float = 0.5
+    rebalance: float = ranged(0.5, Range(0, 1))
     """Share of the uniform distribution in the rebalancing weights (Zhang et al.'s lambda); 1 = no rebalancing."""
 
 

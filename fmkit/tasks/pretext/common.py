@@ -24,7 +24,7 @@ import torch
 from accelerate.utils import send_to_device
 from torch import nn
 
-from fmkit.config import TrainConfig
+from fmkit.config import POSITIVE, TrainConfig, ranged
 from fmkit.data.embedded_images import EMBEDDED_DESCRIPTION, embedded_images
 from fmkit.data.image_array import ImageArray, load_image_array
 from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches, sample_seeds
@@ -65,17 +65,17 @@ class PretextConfig(TrainConfig):
     probe_test_images: str | list[str] | None = None
     """Labelled held-out images the probes are scored on (same forms as probe_train_images). Default:
     fashion-mnist:test:2000 if Fashion-MNIST is installed, else embedded:digits:test."""
-    image_size: int = 64
+    image_size: int = ranged(64, POSITIVE)
     """Side of the square crops the backbone sees."""
-    stored_size: int = 72
+    stored_size: int = ranged(72, POSITIVE)
     """Images are decoded once and cached at this square size; training takes random image_size crops."""
     horizontal_flip: bool = False
     """Also flip training crops at random (off by default: flips change digits and text)."""
-    max_image_pixels: int = 89_478_485
+    max_image_pixels: int = ranged(89_478_485, POSITIVE)
     """Refuse larger images (possible decompression bombs) instead of decoding them."""
-    heldout_images: int = 256
+    heldout_images: int = ranged(256, POSITIVE)
     """Training images set aside for the pretext task's own held-out metrics (accuracy, PSNR)."""
-    knn_k: int = KNN_K
+    knn_k: int = ranged(KNN_K, POSITIVE)
     """Neighbours in the kNN vote; keep fmkit's one definition (200) to compare runs and methods."""
     backbone_type: str = "resnet"
     """A transformers vision model type to build from scratch: resnet, vit, convnext, ..."""
@@ -302,7 +302,7 @@ class PretextTask(Task):
             "from transformers import AutoImageProcessor, AutoModel\n\n"
             'processor = AutoImageProcessor.from_pretrained("PATH_OR_HUB_ID")\n'
             'backbone = AutoModel.from_pretrained("PATH_OR_HUB_ID")\n'
-            "features = backbone(**processor(images, return_tensors=\"pt\"))"
+            'features = backbone(**processor(images, return_tensors="pt"))'
         )
         return ModelCard(
             title=f"{config.model_type} backbone pretrained by {self.name} with fmkit",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fmkit.config import NON_NEGATIVE, Range, ranged
 from fmkit.models.backbone import Backbone
 from fmkit.tasks import register_task
 from fmkit.tasks.pretext.classification import ClassificationPretext, TileClassifier
@@ -25,9 +26,9 @@ NEIGHBOURS = 8
 class ContextConfig(PretextConfig):
     """Context prediction: a centre patch and one of its 8 neighbours; classify the neighbour's position."""
 
-    patch_gap: int = 0
+    patch_gap: int = ranged(0, NON_NEGATIVE)
     """Pixels between patches (jitter range); 0 means image_size // 12."""
-    color_drop_prob: float = 0.5
+    color_drop_prob: float = ranged(0.5, Range(0, 1))
     """Chance that a patch keeps only one random colour channel (guards against chromatic aberration)."""
 
 

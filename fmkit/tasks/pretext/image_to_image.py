@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fmkit.config import NON_NEGATIVE, ranged
 from fmkit.eval.image_quality import psnr
 from fmkit.models.backbone import Backbone, upsampling_steps
 from fmkit.models.heads import DenseDecoder, PatchDiscriminator
@@ -27,7 +28,7 @@ DISCRIMINATOR = "discriminator"
 
 @dataclass
 class ImageToImageConfig(PretextConfig):
-    adversarial_weight: float = 0.0
+    adversarial_weight: float = ranged(0.0, NON_NEGATIVE)
     """Weight of the adversarial loss from a PatchGAN discriminator trained in its own stage; 0 turns it off."""
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fmkit.errors import ConfigError
+from fmkit.config import FRACTION, ranged
 from fmkit.tasks import register_task
 from fmkit.tasks.pretext.image_to_image import ImageToImageConfig, ImageToImagePretext
 from fmkit.vision.degrade import region_mask
@@ -22,13 +22,8 @@ class InpaintingConfig(ImageToImageConfig):
     """Inpainting: remove a square region and reconstruct it (L2 on the region, optionally adversarial)."""
 
     mask_mode: Literal["center", "random"] = "center"
-    mask_fraction: float = 0.5
+    mask_fraction: float = ranged(0.5, FRACTION)
     """Side of the removed square as a fraction of image_size (the paper: half the image)."""
-
-    def validate(self) -> None:
-        super().validate()
-        if not 0.0 < self.mask_fraction < 1.0:
-            raise ConfigError(f"mask_fraction {self.mask_fraction}: expected a value between 0 and 1")
 
 
 @register_task

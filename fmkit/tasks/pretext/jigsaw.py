@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fmkit.config import NON_NEGATIVE, Range, ranged
 from fmkit.errors import ConfigError
 from fmkit.models.backbone import Backbone
 from fmkit.tasks import register_task
@@ -27,19 +28,14 @@ GRID = 3
 class JigsawConfig(PretextConfig):
     """Jigsaw: a 3x3 grid of tiles shuffled by one of `num_permutations` permutations; classify which."""
 
-    num_permutations: int = 100
+    num_permutations: int = ranged(100, Range(2, 10_000))
     """Size of the permutation set (the paper's best: 1000; 100 learns faster on small data)."""
     permutation_seed: int = 0
-    tile_gap: int = 0
+    tile_gap: int = ranged(0, NON_NEGATIVE)
     """Pixels left between tiles (jitter range); 0 means image_size // 12."""
     per_tile_normalization: bool = True
     """Standardise each tile on its own (the paper's guard against brightness cues). Off, tiles are normalised
     like whole images, which is what the probes and downstream users feed the backbone (and its BatchNorm)."""
-
-    def validate(self) -> None:
-        super().validate()
-        if not 2 <= self.num_permutations <= 10_000:
-            raise ConfigError(f"num_permutations {self.num_permutations}: expected 2 to 10000")
 
 
 class JigsawModel(TileClassifier):

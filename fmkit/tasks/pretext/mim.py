@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fmkit.config import FRACTION, POSITIVE, ranged
 from fmkit.errors import ConfigError
 from fmkit.eval.image_quality import psnr
 from fmkit.models.backbone import Backbone
@@ -28,10 +29,10 @@ class MIMConfig(PretextConfig):
     """Masked image modeling (MAE): hide mask_ratio of the patches, reconstruct their normalised pixels."""
 
     backbone_type: str = "vit"
-    mask_ratio: float = 0.75
-    decoder_width: int = 128
-    decoder_depth: int = 2
-    decoder_heads: int = 4
+    mask_ratio: float = ranged(0.75, FRACTION)
+    decoder_width: int = ranged(128, POSITIVE)
+    decoder_depth: int = ranged(2, POSITIVE)
+    decoder_heads: int = ranged(4, POSITIVE)
 
 
 class MaskedAutoencoder(PretextModel):
