@@ -363,7 +363,11 @@ def test_trains_on_other_image_sources(tmp_path, images, write):
     ("args", "expected"),
     [
         (["--task", "nope"], "--task 'nope': expected one of rotation, jigsaw, context"),
-        (["--task", "mim", "--backbone_type", "resnet"], "task mim needs a ViT backbone (backbone_type vit)"),
+        (
+            ["--task", "mim", "--backbone_type", "resnet", "--feature_pooling", "default"],
+            "task mim needs a ViT backbone (backbone_type vit)",
+        ),
+        (["--task", "mim", "--backbone_type", "resnet"], "feature_pooling 'patch_mean' does not apply to a CNN"),
         (["--train_images", "/no/such/dir"], "/no/such/dir: no such file or folder"),
         (["--stored_size", "16", "--image_size", "32"], "stored_size 16 is smaller than image_size 32"),
     ],
