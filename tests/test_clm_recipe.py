@@ -172,7 +172,7 @@ def test_held_out_loss_falls_below_the_unigram_entropy(trained):
     assert last["eval_perplexity"] == pytest.approx(np.exp(last["eval_loss"]), rel=1e-6)
     assert all(0 < m["mfu"] < 1 for m in read_metrics(trained) if "mfu" in m)
     card = (trained / "README.md").read_text()
-    assert "text-generation" in card and "eval_loss_unigram" in card
+    assert "text-generation" in card and f"{last['eval_loss_unigram']:.4g} (unigram)" in card
 
 
 def longest_repeat(ids: list[int]) -> int:
