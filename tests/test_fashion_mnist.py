@@ -23,7 +23,7 @@ from fmkit.data.fashion_mnist import (
 )
 from fmkit.data.idx import read_idx, read_labelled_images
 from fmkit.data.image_array import load_image_array
-from fmkit.data.named_images import DIGITS_PROBE, FASHION_MNIST_PROBE, default_probe_sources
+from fmkit.data.named_images import DIGITS_PROBE, FASHION_MNIST_PROBE, default_probe_sources, default_train_sources
 from fmkit.errors import DataError
 from fmkit.metrics import MetricsLog
 from fmkit.tasks import get_task
@@ -178,10 +178,13 @@ def test_missing_package_says_how_to_install_it(tmp_path, monkeypatch):
 # -- the default probe set and how runs name it -----------------------------------------------------------------
 
 
-def test_default_probe_is_fashion_mnist_when_installed_else_the_digits(fake_fashion_mnist, tmp_path, monkeypatch):
+def test_default_images_are_fashion_mnist_when_installed_else_the_embedded_ones(fake_fashion_mnist, tmp_path,
+                                                                                  monkeypatch):  # fmt: skip
     assert default_probe_sources() == FASHION_MNIST_PROBE == ("fashion-mnist:train:10000", "fashion-mnist:test:2000")
+    assert default_train_sources() == "fashion-mnist:train"
     monkeypatch.setenv(DIRECTORY_ENV, str(tmp_path / "empty"))
     assert default_probe_sources() == DIGITS_PROBE
+    assert default_train_sources() is None  # the embedded digits and photographs
 
 
 @needs_package
@@ -219,6 +222,7 @@ def test_runs_name_the_digits_probe_set_when_fashion_mnist_is_absent(tmp_path, m
     record, card_data = probe_run(tmp_path)
     assert record["probe_set"] == "embedded:digits:train -> embedded:digits:test"
     assert "1,297 scikit-learn handwritten digits" in card_data and "embedded:digits:train" in card_data
+    assert "Fashion-MNIST" not in card_data  # trained on the embedded images too
     for name in ("linear_probe_accuracy", "knn_accuracy", "few_shot_accuracy"):
         assert 0.1 < record[name] <= 1.0 and 0.1 < record[f"{name}_random_backbone"] <= 1.0, record
 
@@ -229,3 +233,4 @@ def test_runs_name_a_fashion_mnist_probe_set(fake_fashion_mnist, tmp_path):
     )
     assert record["probe_set"] == "fashion-mnist:train:40 -> fashion-mnist:test"
     assert "40 Fashion-MNIST train images" in card_data and "all Fashion-MNIST test images" in card_data
+    assert card_data.startswith("Trained on all Fashion-MNIST train images")  # the default training images

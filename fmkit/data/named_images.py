@@ -51,3 +51,9 @@ def default_probe_sources() -> tuple[str, str]:
         return FASHION_MNIST_PROBE
     logger.warning("Fashion-MNIST not found (%s): probing on the embedded digits instead", INSTALL_HINT)
     return DIGITS_PROBE
+
+
+def default_train_sources() -> str | None:
+    """Unlabelled vision training images unless told otherwise: Fashion-MNIST's training split where the package
+    is installed; None (the embedded images, which any install has) where it is not."""
+    return f"{FASHION_MNIST}:train" if fashion_mnist_installed() else None

@@ -28,7 +28,7 @@ from fmkit.config import POSITIVE, TrainConfig, ranged
 from fmkit.data.embedded_images import EMBEDDED_DESCRIPTION, embedded_images
 from fmkit.data.image_array import ImageArray, load_image_array
 from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches, sample_seeds
-from fmkit.data.named_images import default_probe_sources
+from fmkit.data.named_images import default_probe_sources, default_train_sources
 from fmkit.errors import ConfigError, DataError
 from fmkit.eval.probe import KNN_K, few_shot_accuracy, knn_accuracy, linear_probe_accuracy
 from fmkit.hub import ModelCard
@@ -56,8 +56,8 @@ class PretextConfig(TrainConfig):
 
     train_images: str | list[str] | None = None
     """Unlabelled training images: folders (recursive), globs, WebDataset .tar shards, hf:NAME[:SPLIT], or one
-    named source (fashion-mnist:train, embedded:photos, ...). Default: the embedded images (scikit-learn digits
-    and scikit-image photographs)."""
+    named source (fashion-mnist:train, embedded:photos, ...). Default: Fashion-MNIST's 60,000 training images
+    where the package is installed, else the embedded images (scikit-learn digits and scikit-image photographs)."""
     probe_train_images: str | list[str] | None = None
     """Labelled images for the linear, kNN and few-shot probes: ImageFolder layout (root/class/image), .tar shards
     with .cls labels, hf:NAME[:SPLIT] with a label column, or fashion-mnist:train[:COUNT] / embedded:digits:train.
@@ -169,14 +169,15 @@ class PretextTask(Task):
             sources = [sources] if isinstance(sources, str) else list(sources)
             return load_image_array(sources, config.stored_size, labelled=labelled, max_pixels=config.max_image_pixels)
 
-        train = load(config.train_images, False) if config.train_images else embedded_images(config.stored_size).train
+        train_sources = config.train_images or default_train_sources()
+        train = load(train_sources, False) if train_sources else embedded_images(config.stored_size).train
         probe_train, probe_test = (load(sources, True) for sources in probe_sources)
         if probe_train.class_names != probe_test.class_names:
             raise DataError(
                 f"probe splits disagree on classes: {probe_train.class_names[:5]}... vs {probe_test.class_names[:5]}..."
             )
         self.probe_set = " -> ".join(_spelled(sources) for sources in probe_sources)
-        trained_on = EMBEDDED_DESCRIPTION if not config.train_images else f"Trained on {train.description}."
+        trained_on = EMBEDDED_DESCRIPTION if not train_sources else f"Trained on {train.description}."
         probed_on = (
             f"The linear, kNN and few-shot probes (probe set `{self.probe_set}`) are fitted on "
             f"{probe_train.description}; they are scored on {probe_test.description}."
