@@ -422,3 +422,18 @@ def test_pretext_task_beats_its_random_backbone_on_fashion_mnist(tmp_path, task)
     for metric, margin in margins.items():
         baseline = final[BASELINES.get(metric, f"{metric}_random_backbone")]
         assert final[metric] >= baseline + margin, (metric, final[metric], baseline, margin)
+
+
+def test_colorization_leaves_out_grey_images():
+    """A third of the embedded photograph crops are grey: predicting ab = 0 is exact for them, which made the grey
+    baseline's mean PSNR unbeatable while teaching nothing about colour."""
+    from fmkit.tasks.pretext.colorization import Colorization, ColorizationConfig
+
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(0, 256, size=(2, 8, 8, 1), dtype=np.uint8), 3, axis=-1)
+    coloured = rng.integers(0, 256, size=(2, 8, 8, 3), dtype=np.uint8)
+    nearly_grey = grey.copy()
+    nearly_grey[:, :, :, 0] = np.clip(nearly_grey[:, :, :, 0].astype(int) + 1, 0, 255)  # one level of tint
+    images = np.concatenate([grey, coloured, nearly_grey])
+    usable = Colorization(ColorizationConfig()).usable_images(images)
+    assert usable.tolist() == [False, False, True, True, False, False]

@@ -27,6 +27,8 @@ from fmkit.vision.lab import ab_bin_centres, decode_ab, lab_to_rgb, quantize_ab,
 
 AB_SCALE = 110.0
 HISTOGRAM_IMAGES = 512
+MIN_CHROMA_SPREAD = 2.0
+"""Mean over pixels of (largest - smallest RGB channel), in 8-bit levels, below which an image counts as grey."""
 OUTPUT_STRIDE = 4
 """Colours are predicted at a quarter of the resolution, as in Zhang et al.: colour varies slowly, and the
 per-pixel softmax over 484 bins is the costliest part of the task."""
@@ -54,6 +56,15 @@ class Colorization(PretextTask):
     @property
     def classifying(self) -> bool:
         return self.config.colorization_loss == "classification"
+
+    unusable_reason = "grey: nothing to colorize, and grey would be their perfect answer"
+
+    def usable_images(self, images: np.ndarray) -> np.ndarray:
+        spread = np.concatenate([
+            (chunk.max(-1).astype(np.int16) - chunk.min(-1)).mean((1, 2)) for chunk in np.array_split(
+                images, max(1, len(images) // 4096))
+        ])  # fmt: skip
+        return spread >= MIN_CHROMA_SPREAD
 
     def build_model(self, backbone: Backbone) -> Restorer:
         self.centres = ab_bin_centres()

@@ -129,6 +129,12 @@ class PretextTask(Task):
         """Modules trained in stages before the main one (a discriminator), in order."""
         return {}
 
+    unusable_reason: str = ""
+
+    def usable_images(self, images: np.ndarray) -> np.ndarray:
+        """Which of the (uint8 [N, H, W, 3]) training images the task can learn from; all, unless it says why not."""
+        return np.ones(len(images), dtype=bool)
+
     # -- shared machinery -------------------------------------------------------------------------------
     def setup(self, accelerator) -> nn.Module | dict[str, nn.Module]:
         config = self.config
@@ -136,9 +142,14 @@ class PretextTask(Task):
         self.sharding = Sharding(accelerator.process_index, accelerator.num_processes)
         self.train_images, self.probe_train, self.probe_test, self.data_description = self._load_images()
         order = np.random.default_rng(0).permutation(len(self.train_images.images))
+        usable = self.usable_images(self.train_images.images)
+        if not usable.all():
+            logger.info("%s: %d of %d training images left out (%s)", self.name, (~usable).sum(), len(usable),
+                        self.unusable_reason)  # fmt: skip
+        order = order[usable[order]]
         if len(order) <= config.heldout_images:
             raise DataError(
-                f"{self.train_images.description}: {len(order)} images, not more than heldout_images "
+                f"{self.train_images.description}: {len(order)} usable images, not more than heldout_images "
                 f"{config.heldout_images}; add images or lower heldout_images"
             )
         self.heldout_index, self.train_index = np.sort(order[: config.heldout_images]), order[config.heldout_images :]
