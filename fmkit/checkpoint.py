@@ -1,8 +1,10 @@
-"""Resumable checkpoints: model, optimizer, scheduler, RNG states and the loop's position.
+"""Resumable checkpoints: model, optimizer, scheduler, RNG states, the loop's position and the task's state.
 
 Accelerate's save_state writes every rank's part (sharded under FSDP and DeepSpeed). We write into a
 hidden temporary folder and rename it to `step_N` only after every rank has finished, so a kill during
 a save never damages the newest complete checkpoint; leftovers are cleaned up by the next save.
+A task's own state (Task.state_dict) is written by every rank to `task_state_<rank>.pt`, so per-process
+state resumes as exactly as replicated state.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
 
 from fmkit.errors import ConfigError
 
@@ -26,6 +30,8 @@ class LoopState:
     tokens_seen: int = 0
     global_micro_batch: int = 0
     """Per-process batch x processes, to detect a resume under a different data layout."""
+    processes: int = 0
+    """How many processes saved it: each restores its own task state."""
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -61,8 +67,12 @@ def resolve_resume(output_dir: Path, value: str | None) -> Path | None:
     return path
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> Path:
-    """Collective: every rank must call it."""
+def task_state_file(checkpoint: Path, rank: int) -> Path:
+    return Path(checkpoint) / f"task_state_{rank}.pt"
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int, task_state: dict) -> Path:
+    """Collective: every rank must call it, with its own task state ({} writes nothing)."""
     root = checkpoints_dir(output_dir)
     final, tmp = root / f"step_{step}", root / f".tmp-step_{step}"
     if accelerator.is_main_process:
@@ -71,6 +81,8 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> Path
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if task_state:
+        torch.save(task_state, task_state_file(tmp, accelerator.process_index))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -80,3 +92,15 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> Path
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_task_state(checkpoint: Path, rank: int, task_name: str) -> dict:
+    """This rank's saved task state; one line naming what is missing when the checkpoint cannot give it."""
+    path = task_state_file(checkpoint, rank)
+    if not path.is_file():
+        raise ConfigError(
+            f"{checkpoint}: no {path.name}, the state of task {task_name} for process {rank} (written before fmkit "
+            "checkpointed task state, or by fewer processes); it cannot be resumed exactly: start over with "
+            "--overwrite_output_dir true"
+        )
+    return torch.load(path, map_location="cpu", weights_only=False)

@@ -70,31 +70,47 @@ class TrainConfig:
     overwrite_output_dir: bool = False
     """Start a new run in an output_dir that already holds one (its checkpoints are replaced)."""
     seed: int = 42
+    """Seeds model initialisation and the data order; each process adds its rank for dropout and augmentation."""
     max_steps: int = ranged(1000, POSITIVE)
     """Optimizer steps to train for; the learning-rate schedule spans exactly these."""
     per_device_batch_size: int = ranged(32, POSITIVE)
     """Samples per process per micro-batch; the global batch is this x processes x accumulation."""
     gradient_accumulation_steps: int = ranged(1, POSITIVE)
+    """Micro-batches per optimizer step; the loss is normalised over all of them, so any split gives the same step."""
     learning_rate: float = ranged(5e-4, NON_NEGATIVE)
     """Peak learning rate (0 keeps the weights fixed: a control run)."""
     weight_decay: float = ranged(0.01, NON_NEGATIVE)
     """Applied to matrices only: biases and normalisation weights are never decayed."""
+    optimizer: Literal["adamw", "sgd", "lars", "lamb"] = "adamw"
+    """adamw and sgd from torch; lars (layer-wise trust ratio on SGD, for large-batch SimCLR/BYOL) and lamb
+    from timm. LARS adapts the decayed matrices only, as in SimCLR."""
     adam_beta1: float = ranged(0.9, Range(0, 1, high_open=True))
+    """AdamW / LAMB first-moment decay."""
     adam_beta2: float = ranged(0.999, Range(0, 1, high_open=True))
+    """AdamW / LAMB second-moment decay."""
     adam_epsilon: float = ranged(1e-8, Range(0, low_open=True))
+    """AdamW / LAMB denominator guard."""
+    momentum: float = ranged(0.9, Range(0, 1, high_open=True))
+    """SGD / LARS momentum."""
+    nesterov: bool = False
+    """SGD / LARS: Nesterov momentum."""
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup, counted in optimizer steps."""
     warmup_steps: int = ranged(100, NON_NEGATIVE)
+    """Optimizer steps of linear warmup from 0 to learning_rate."""
     max_grad_norm: float = ranged(1.0, NON_NEGATIVE)
     """Clip the global gradient norm to this; 0 turns clipping off."""
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     """auto: bf16 on GPUs that support it, fp32 elsewhere (bf16 is ~100x slower on most CPUs)."""
     torch_compile: bool = False
+    """Compile the model with torch.compile (inductor); the export is the plain module."""
     num_workers: int = ranged(0, NON_NEGATIVE)
     """Data-loader worker processes per rank (0 loads in the training process)."""
     cpu_threads: int = ranged(0, NON_NEGATIVE)
     """Torch threads per process on CPU; 0 = the machine's cores split over its processes (overrides the
     OMP_NUM_THREADS=1 that `accelerate launch` sets on some machines)."""
     log_every: int = ranged(10, POSITIVE)
+    """Write training loss, learning rate and throughput every N optimizer steps."""
     eval_every: int = ranged(200, NON_NEGATIVE)
     """Evaluate every N steps and at the end; 0 evaluates only at the end."""
     eval_batches: int = ranged(0, NON_NEGATIVE)
@@ -108,9 +124,11 @@ class TrainConfig:
     report_to: str = "tensorboard"
     """Comma-separated Accelerate trackers (tensorboard, wandb, ...) or 'none'."""
     push_to_hub: bool = False
+    """Upload output_dir (model, processor, model card) to hub_model_id at the end."""
     hub_model_id: str | None = None
     """Repository on the Hub, e.g. user/my-model. The token comes from HF_TOKEN or `hf auth login`."""
     hub_private: bool = False
+    """Create the Hub repository as private."""
 
     def validate(self) -> None:
         """Catch impossible settings before any work starts: every ranged field, in every recipe's config."""

@@ -83,18 +83,29 @@ def cpu_peak_flops(size: int = 2048, trials: int = 5) -> float:
 
 
 class Throughput:
-    """Counts work between log steps; rates are global (summed over processes by the caller)."""
+    """Counts work between log steps; rates are global (summed over processes by the caller).
+
+    The counts stay a device tensor until `rates` reads them, so counting never waits for the GPU.
+    """
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
         self.start = time.perf_counter()
-        self.samples = self.tokens = 0
+        self.work: torch.Tensor | float = 0.0
+        """Samples and tokens since the reset, a device tensor of 2 once counted."""
         self.data_wait = 0.0
+
+    def add(self, samples_and_tokens: torch.Tensor) -> None:
+        self.work = self.work + samples_and_tokens
 
     def elapsed(self) -> float:
         return max(time.perf_counter() - self.start, 1e-9)
+
+    def counts(self) -> tuple[float, float]:
+        """(samples, tokens) since the reset: a host sync, at log steps only."""
+        return tuple(self.work.tolist()) if isinstance(self.work, torch.Tensor) else (0.0, 0.0)
 
 
 class MetricsLog:

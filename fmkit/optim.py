@@ -1,6 +1,14 @@
-"""AdamW with decoupled decay on matrices only, and the warmup + decay schedule."""
+"""The optimizer a run asks for, with its parameter groups, and the warmup + decay schedule.
+
+Parameters are grouped by (learning-rate multiplier, decayed or not): the task gives each parameter its
+multiplier (`Task.lr_multiplier`), and weight decay applies to matrices and embeddings only, never to
+biases or normalisation scales, whichever optimizer runs. A group's `lr` is the peak learning rate times
+its multiplier, so the schedule (a LambdaLR) scales every group alike.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -8,27 +16,53 @@ from transformers import get_scheduler
 
 from fmkit.config import TrainConfig
 
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay weight matrices and embeddings; never biases or normalisation scales (all 1-D)."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+Multiplier = Callable[[str], float]
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    # The fused kernel exists for CUDA and CPU tensors; on CPU it is ~5x faster than the for-each path.
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay),
-        lr=config.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        eps=config.adam_epsilon,
-        fused=fused,
-    )
+def parameter_groups(model: nn.Module, weight_decay: float, multiplier: Multiplier = lambda name: 1.0) -> list[dict]:
+    """One group per (multiplier, decay) pair that occurs, in first-seen order; frozen parameters are left out."""
+    groups: dict[tuple[float, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        factor = float(multiplier(name))
+        if factor < 0:
+            raise ValueError(f"lr_multiplier for {name} is {factor}; expected >= 0")
+        decays = param.ndim >= 2
+        group = groups.setdefault((factor, decays), {
+            "params": [], "weight_decay": weight_decay if decays else 0.0, "lr_multiplier": factor,
+        })  # fmt: skip
+        group["params"].append(param)
+    return list(groups.values())
+
+
+def build_optimizer(
+    model: nn.Module, config: TrainConfig, device: torch.device, multiplier: Multiplier = lambda name: 1.0
+) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, config.weight_decay, multiplier)
+    for group in groups:
+        group["lr"] = config.learning_rate * group["lr_multiplier"]
+    lr, betas, eps = config.learning_rate, (config.adam_beta1, config.adam_beta2), config.adam_epsilon
+    if config.optimizer == "adamw":
+        # The fused kernel exists for CUDA and CPU tensors; on CPU it is ~5x faster than the for-each path.
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device.type in ("cuda", "cpu"))
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov)
+    from timm.optim import Lamb, Lars  # imported here: only LARS / LAMB runs pay for timm
+
+    if config.optimizer == "lars":
+        # timm adapts only groups with weight decay unless always_adapt: biases and norms get plain SGD.
+        return Lars(groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov)
+    # The loop clips gradients (max_grad_norm); LAMB's own clipping would clip twice.
+    return Lamb(groups, lr=lr, betas=betas, eps=eps, max_grad_norm=None)
+
+
+def scheduled_learning_rate(scheduler: torch.optim.lr_scheduler.LRScheduler, peak: float) -> float:
+    """The schedule's current learning rate at multiplier 1, whatever the groups' multipliers, for logging."""
+    for current, base in zip(scheduler.get_last_lr(), scheduler.base_lrs, strict=True):
+        if base > 0:
+            return peak * current / base
+    return 0.0
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:

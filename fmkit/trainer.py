@@ -6,8 +6,11 @@ loop adds what makes runs trustworthy at any scale:
 * the loss of a step is the sum over all its micro-batches and processes divided by the global number
   of loss terms, so gradients do not depend on how the batch is split (one all-reduce of 3 numbers);
 * the learning-rate schedule counts optimizer steps, whatever the number of processes;
-* checkpoints restore model, optimizer, scheduler, every rank's RNG and the data position, so a resumed
-  run logs the same losses as an uninterrupted one.
+* checkpoints restore model, optimizer, scheduler, every rank's RNG, the data position and the task's own
+  state, so a resumed run logs the same losses as an uninterrupted one;
+* nothing waits for the device between log steps: loss-term counts and losses stay device tensors;
+* evaluation runs under the same autocast as training, and one check refuses a distribution backend the
+  task does not support (`Task.supports`).
 """
 
 from __future__ import annotations
@@ -19,20 +22,22 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration, send_to_device, set_seed
 from tqdm.auto import tqdm
 
-from fmkit.checkpoint import LoopState, complete_checkpoints, resolve_resume, save_checkpoint
+from fmkit.checkpoint import LoopState, complete_checkpoints, load_task_state, resolve_resume, save_checkpoint
 from fmkit.config import TrainConfig, config_to_dict, save_config
 from fmkit.data.loader import Sharding
 from fmkit.errors import ConfigError
-from fmkit.hub import push_to_hub, write_model_card
+from fmkit.hub import ModelCard, push_to_hub, write_model_card
 from fmkit.metrics import MetricsLog, Throughput, format_line, peak_flops
-from fmkit.optim import build_optimizer, build_scheduler
+from fmkit.optim import build_optimizer, build_scheduler, scheduled_learning_rate
 from fmkit.plots import write_curves
 from fmkit.tasks.base import MAIN_STAGE, Task
 
@@ -81,15 +86,16 @@ class Trainer:
         config, task = self.config, self.task
         config.validate()
         accelerator = make_accelerator(config)
+        refuse_unsupported(task, accelerator)
         resume = self._resume_point(accelerator)
         set_seed(config.seed)
         stages = _stage_modules(task.setup(accelerator))
         if len(stages) > 1 and accelerator.distributed_type == DistributedType.DEEPSPEED:
-            raise ConfigError(
-                f"task {task.name} trains {len(stages)} models in alternating stages ({', '.join(stages)}); "
-                "DeepSpeed runs one engine per model, so use DDP (or FSDP on GPUs) for it"
-            )
-        optimizers = [build_optimizer(module, config, accelerator.device) for module in stages.values()]
+            raise ValueError(f"task {task.name} trains {len(stages)} stages: its supports() must refuse DeepSpeed")
+        optimizers = [
+            build_optimizer(module, config, accelerator.device, partial(task.lr_multiplier, stage=stage))
+            for stage, module in stages.items()
+        ]
         schedulers = [build_scheduler(optimizer, config) for optimizer in optimizers]
         self._configure_deepspeed(accelerator)
         prepared = accelerator.prepare(*stages.values(), *optimizers)
@@ -102,10 +108,15 @@ class Trainer:
         model = self.stages[MAIN_STAGE].model
         # Dropout should differ across ranks; model init (above) must not. RNG states are checkpointed.
         set_seed(config.seed + accelerator.process_index)
-        state = LoopState(global_micro_batch=config.per_device_batch_size * accelerator.num_processes)
+        state = LoopState(
+            global_micro_batch=config.per_device_batch_size * accelerator.num_processes,
+            processes=accelerator.num_processes,
+        )
         accelerator.register_for_checkpointing(*schedulers, state)
         if resume is not None:
             self._load(accelerator, resume, state)
+        self.unsettled = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        """Samples and tokens of the steps since the last log, not yet added to `state` (a device tensor)."""
 
         if accelerator.is_main_process:
             save_config(config, self.output_dir / "config.yaml")
@@ -122,13 +133,15 @@ class Trainer:
                         disable=not accelerator.is_main_process, dynamic_ncols=True)  # fmt: skip
         meter, window_loss, window_items = Throughput(), self._zero_losses(accelerator), 0.0
         while state.step < config.max_steps:
-            loss_sums, items = self._step(batches, accelerator, state, meter)
+            task.step = state.step
+            loss_sums, items = self._step(batches, accelerator, meter)
             for name, loss_sum in loss_sums.items():
                 window_loss[name] += loss_sum
             window_items += items
             state.step += 1
             progress.update(1)
             if state.step % config.log_every == 0 or state.step == config.max_steps:
+                self._settle(state)
                 metrics = self._train_metrics(accelerator, window_loss, window_items, meter, peak)
                 log.log(state.step, metrics)
                 progress.set_postfix(loss=f"{metrics['loss']:.4g}")
@@ -140,18 +153,20 @@ class Trainer:
                 eval_metrics = self._evaluate(model, accelerator, log, state.step)
                 meter.reset()
             if config.save_every > 0 and state.step % config.save_every == 0:
-                save_checkpoint(accelerator, self.output_dir, state.step, config.save_total_limit)
+                self._settle(state)
+                save_checkpoint(accelerator, self.output_dir, state.step, config.save_total_limit, task.state_dict())
                 meter.reset()
         progress.close()
 
+        self._settle(state)
         self._export(model, accelerator, state, eval_metrics)
         accelerator.end_training()
         return eval_metrics
 
-    def _step(self, batches: Iterator[dict], accelerator, state, meter) -> tuple[dict[str, torch.Tensor], float]:
+    def _step(self, batches: Iterator[dict], accelerator, meter) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One optimizer step per stage over `gradient_accumulation_steps` micro-batches.
 
-        Returns each stage's local loss sum and the global number of loss terms.
+        Returns each stage's local loss sum and the global number of loss terms, as device tensors.
         """
         config, task = self.config, self.task
         waited = time.perf_counter()
@@ -160,23 +175,20 @@ class Trainer:
 
         counts = [task.count(b) for b in micro_batches]
         local = [sum(c.items for c in counts), sum(c.samples for c in counts), sum(c.tokens for c in counts)]
-        totals = accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=accelerator.device), "sum")
-        items, samples, tokens = (float(v) for v in totals.tolist())
+        totals = accelerator.reduce(_to_device(local, accelerator.device), "sum")
         # accelerator.backward divides by the accumulation steps and DDP averages over processes: undo
         # both, so the gradient is that of (sum of all loss terms) / (global number of terms).
-        scale = config.gradient_accumulation_steps * accelerator.num_processes / max(items, 1.0)
+        scale = (config.gradient_accumulation_steps * accelerator.num_processes / totals[0].clamp(min=1.0)).float()
 
         micro_batches = [send_to_device(b, accelerator.device, non_blocking=True) for b in micro_batches]
         loss_sums = {
             name: self._stage_step(stage, micro_batches, scale, accelerator) for name, stage in self.stages.items()
         }
-        state.samples_seen += int(samples)
-        state.tokens_seen += int(tokens)
-        meter.samples += samples
-        meter.tokens += tokens
-        return loss_sums, items
+        self.unsettled += totals[1:]
+        meter.add(totals[1:])
+        return loss_sums, totals[0]
 
-    def _stage_step(self, stage: Stage, micro_batches: list[dict], scale: float, accelerator) -> torch.Tensor:
+    def _stage_step(self, stage: Stage, micro_batches: list[dict], scale: torch.Tensor, accelerator) -> torch.Tensor:
         config = self.config
         with self._only_trainable(stage):
             with torch.no_grad(), accelerator.autocast():
@@ -194,6 +206,8 @@ class Trainer:
                 loss_sum += loss.detach().float()
         if not accelerator.optimizer_step_was_skipped:
             stage.scheduler.step()
+            with torch.no_grad():
+                self.task.after_step(stage.model, stage.name)
         return loss_sum
 
     @contextmanager
@@ -211,16 +225,25 @@ class Trainer:
     def _zero_losses(self, accelerator) -> dict[str, torch.Tensor]:
         return {name: torch.zeros((), device=accelerator.device) for name in self.stages}
 
+    def _settle(self, state: LoopState) -> None:
+        """Add the counted samples and tokens to the loop state (a host sync: at log and save steps only)."""
+        samples, tokens = (int(v) for v in self.unsettled.tolist())
+        state.samples_seen += samples
+        state.tokens_seen += tokens
+        self.unsettled.zero_()
+
     def _train_metrics(self, accelerator, window_loss, window_items, meter, peak) -> dict[str, float]:
         totals = accelerator.reduce(torch.stack(list(window_loss.values())).detach().clone(), "sum").tolist()
+        items = max(float(window_items), 1.0)
         metrics = {}
         for name, total in zip(window_loss, totals, strict=True):
-            metrics["loss" if name == MAIN_STAGE else f"{name}_loss"] = total / max(window_items, 1.0)
+            metrics["loss" if name == MAIN_STAGE else f"{name}_loss"] = total / items
         elapsed = meter.elapsed()
-        metrics["lr"] = self.stages[MAIN_STAGE].scheduler.get_last_lr()[0]
-        metrics["samples_per_s"] = meter.samples / elapsed
-        if meter.tokens:
-            metrics["tokens_per_s"] = meter.tokens / elapsed
+        samples, tokens = meter.counts()
+        metrics["lr"] = scheduled_learning_rate(self.stages[MAIN_STAGE].scheduler, self.config.learning_rate)
+        metrics["samples_per_s"] = samples / elapsed
+        if tokens:
+            metrics["tokens_per_s"] = tokens / elapsed
             flops = self.task.flops_per_token()
             if flops:
                 metrics["mfu"] = flops * metrics["tokens_per_s"] / peak
@@ -230,7 +253,7 @@ class Trainer:
     def _evaluate(self, model, accelerator, log: MetricsLog, step: int) -> dict[str, float]:
         for stage in self.stages.values():
             stage.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), accelerator.autocast():
             metrics = self.task.evaluate(model, accelerator, step)
         for stage in self.stages.values():
             stage.model.train()
@@ -251,6 +274,8 @@ class Trainer:
             )
         if resume is None and config.resume_from_checkpoint == "latest":
             logger.warning("no checkpoint in %s yet: starting from step 0", out)
+        if resume is not None:
+            _refuse_unknown_saved_keys(out / "config.yaml", config)
         if accelerator.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
             if resume is None and has_run:
@@ -260,14 +285,22 @@ class Trainer:
         return resume
 
     def _load(self, accelerator, checkpoint: Path, state: LoopState) -> None:
-        expected = state.global_micro_batch
+        expected, processes = state.global_micro_batch, state.processes
         accelerator.load_state(str(checkpoint))
         if state.global_micro_batch != expected:
             raise ConfigError(
                 f"{checkpoint}: saved with {state.global_micro_batch} samples per global micro-batch, now {expected} "
                 "(per_device_batch_size x processes); the data position would not carry over"
             )
-        state.global_micro_batch = expected
+        saved_by = state.processes or processes  # checkpoints from before the count was kept: trust the batch check
+        if self.task.state_dict() and saved_by != processes:
+            raise ConfigError(
+                f"{checkpoint}: saved by {saved_by} processes, now {processes}; task {self.task.name} keeps state "
+                "per process, so resume it with the same number of processes"
+            )
+        if self.task.state_dict():
+            self.task.load_state_dict(load_task_state(checkpoint, accelerator.process_index, self.task.name))
+        state.global_micro_batch, state.processes = expected, processes
         logger.info("resumed from %s at step %d", checkpoint, state.step)
 
     def _configure_deepspeed(self, accelerator) -> None:
@@ -308,11 +341,65 @@ class Trainer:
             if state.tokens_seen:
                 training["tokens seen"] = state.tokens_seen
             write_curves(out)
-            write_model_card(out, self.task.model_card(training, metrics))
+            write_model_card(out, self._model_card(training, metrics))
             if config.push_to_hub:
                 url = push_to_hub(out, config.hub_model_id, private=config.hub_private)
                 logger.info("uploaded %s to %s", out, url)
         accelerator.wait_for_everyone()
+
+
+    def _model_card(self, training: dict[str, object], metrics: dict[str, float]) -> ModelCard:
+        """The loop's facts (steps, batch, optimizer, processes) and metrics, plus what the task says of itself."""
+        details, config = self.task.card_details(), self.config
+        training = {**training, "optimizer": config.optimizer, **details.training}
+        return ModelCard(
+            title=details.title,
+            library_name=details.library_name,
+            pipeline_tag=details.pipeline_tag,
+            tags=list(dict.fromkeys(["fmkit", self.task.name, *details.tags])),
+            architecture=details.architecture,
+            data=details.data,
+            training=training,
+            metrics=metrics,
+            usage=details.usage,
+        )
+
+
+def refuse_unsupported(task: Task, accelerator) -> None:
+    """The one check of a task's declared distribution support (`Task.supports`), before any work starts."""
+    supports, kind = task.supports(), accelerator.distributed_type
+    backend = None
+    if kind == DistributedType.DEEPSPEED:
+        zero3 = accelerator.state.deepspeed_plugin.zero_stage == 3
+        if not supports.deepspeed:
+            backend = "DeepSpeed"
+        elif zero3 and not supports.deepspeed_zero3:
+            backend = "DeepSpeed ZeRO-3"
+    elif kind == DistributedType.FSDP and not supports.fsdp:
+        backend = "FSDP"
+    if backend:
+        raise ConfigError(f"task {task.name} cannot run under {backend}: {supports.why}")
+
+
+def _refuse_unknown_saved_keys(saved_config: Path, config: TrainConfig) -> None:
+    """A run saved by another fmkit version may use a key this one renamed or dropped: say which, in one line."""
+    if not saved_config.is_file():
+        return
+    saved = yaml.safe_load(saved_config.read_text()) or {}
+    unknown = sorted(set(saved) - set(config_to_dict(config)))
+    if unknown:
+        raise ConfigError(
+            f"{saved_config}: the run was saved with config keys this version does not know ({', '.join(unknown)}); "
+            "it was written by another fmkit version and cannot be resumed exactly"
+        )
+
+
+def _to_device(values: list[float], device: torch.device) -> torch.Tensor:
+    """Host numbers onto the device without waiting for queued kernels (pinned memory, async copy)."""
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass

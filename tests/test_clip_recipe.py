@@ -34,7 +34,7 @@ def in_fresh_process(check: str, *args) -> dict:
 
 @pytest.fixture(scope="module")
 def pair_shards(tmp_path_factory):
-    """72 digit images with captions in three WebDataset shards (.png + .txt, and .jpg + .json)."""
+    """72 digit images in three WebDataset shards (.png + .txt, and .jpg + .json); 6 of them lack a caption."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -48,6 +48,8 @@ def pair_shards(tmp_path_factory):
                 caption = f"a handwritten {digits.target[i]}"
                 member = {"png": buffer.getvalue(), "txt": caption} if i % 2 else {
                     "jpg": buffer.getvalue(), "json": json.dumps({"caption": caption}).encode()}  # fmt: skip
+                if i % 12 == 5:  # a bad record: skipped, counted, and replaced by the next good pair
+                    member.pop("txt")
                 sink.write({"__key__": f"{i:04d}", **member})
     return folder
 
@@ -59,18 +61,20 @@ def shard_run(shards, out, steps: int, *extra: str) -> list[str]:
 
 
 def test_mid_epoch_resume_on_shards_is_exact_with_worker_processes(tmp_path, pair_shards):
-    """56 training pairs are 7 batches an epoch: the checkpoint at step 3 is mid-epoch, and the resumed run
-    (loading in 2 worker processes) continues with the same pairs, crops and losses, bit for bit."""
+    """56 training pairs are 7 batches an epoch: the checkpoint at step 3 is mid-epoch, and the run resumed
+    from it (loading in 2 worker processes) continues with the same pairs, crops and losses, bit for bit, and
+    with the count of bad pairs skipped before the checkpoint (task state)."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    clip(shard_run(pair_shards, straight, 9))
-    clip(shard_run(pair_shards, resumed, 3))
-    clip(shard_run(pair_shards, resumed, 9, "--resume_from_checkpoint", "latest", "--num_workers", "2"))
-    assert sorted(train_losses(resumed)) == list(range(1, 10))
-    assert train_losses(resumed) == train_losses(straight)
+    clip(shard_run(pair_shards, straight, 9, "--save_total_limit", "3"))
+    middle = straight / "checkpoints" / "step_3"
+    assert sum(torch.load(middle / "task_state_0.pt")["skipped_pairs"].values()) > 0
+    clip(shard_run(pair_shards, resumed, 9, "--resume_from_checkpoint", str(middle), "--num_workers", "2"))
+    assert sorted(train_losses(resumed)) == list(range(4, 10))
+    assert train_losses(resumed) == {step: loss for step, loss in train_losses(straight).items() if step > 3}
     evals = [m for m in read_metrics(straight) if "eval_loss" in m]
     assert [m["step"] for m in evals] == [0, 4, 8, 9]
-    assert [m for m in read_metrics(resumed) if "eval_loss" in m and m["step"] > 3] == evals[1:]
-    assert {"image_to_text_recall@1", "text_to_image_recall@10", "skipped_pairs"} <= set(evals[-1])
+    assert [m for m in read_metrics(resumed) if "eval_loss" in m] == evals[1:]
+    assert {"image_to_text_recall@1", "text_to_image_recall@10"} <= set(evals[-1]) and evals[-1]["skipped_pairs"] > 0
 
 
 def test_accumulation_with_feature_caching_equals_the_big_batch(tmp_path, pair_shards):
@@ -144,7 +148,7 @@ def test_lit_locks_an_image_tower_loaded_from_a_pretrained_folder(tmp_path, pair
 def test_bad_input_is_one_line_error(tmp_path, capsys, args, expected):
     """In this process (the entry point users run, minus interpreter start-up): exit status 2, one line."""
     with pytest.raises(SystemExit) as exit_info:
-        run_recipe("clip", RECIPES / "configs" / "clip" / "demo.yaml", ["--output_dir", str(tmp_path), *args])
+        run_recipe("clip", RECIPES / "configs", ["--output_dir", str(tmp_path), *args])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and expected in error, error

@@ -214,7 +214,7 @@ def probe_run(tmp_path: Path, *overrides: str) -> tuple[dict, str]:
     log.log(0, metrics)  # TensorBoard takes scalars only: the probe set's name must not reach it
     accelerator.end_training()
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
-    return record, task.model_card({}, metrics).data
+    return record, task.card_details().data
 
 
 def test_runs_name_the_digits_probe_set_when_fashion_mnist_is_absent(tmp_path, monkeypatch):

@@ -9,6 +9,22 @@ stages, each with its own optimizer (a discriminator, then the generator): `setu
 stage and `loss` is called once per stage. While a stage runs, the loop freezes the other stages' modules,
 so the task may call them (its own, unwrapped references) inside the stage's loss without giving them
 gradients.
+
+Lifecycle, for objectives with moving parts (momentum encoders, queues, memory banks, clusters, schedules):
+
+* `self.step` is the index of the optimizer step being computed (0 for the first), readable in
+  `begin_step`, `loss` and `after_step`;
+* `after_step(model, stage)` runs after every optimizer step a stage really took (never after one that
+  mixed precision skipped);
+* `state_dict` / `load_state_dict` hold the task's own state. Each process saves and restores its own copy,
+  so replicated state (a queue of gathered keys) and per-process state (a counter of skipped records) both
+  resume exactly. Keep such state on the task, outside the module `setup` returns: DDP would overwrite the
+  buffers of a trained module with rank 0's on every forward, and ZeRO-3 partitions only the trained
+  module's parameters, so a module the task holds itself is a full copy on every process;
+* `supports()` says which distribution backends the configured task can run under; the trainer refuses
+  the others with one line, before any work;
+* `lr_multiplier(name, stage)` scales one parameter's learning rate (a head at 10x, layer-wise decay);
+  `--optimizer` picks the algorithm.
 """
 
 from __future__ import annotations
@@ -24,7 +40,6 @@ from torch import nn
 
 from fmkit.config import TrainConfig
 from fmkit.data.loader import MakeBatch, Sharding, train_loader
-from fmkit.hub import ModelCard
 
 MAIN_STAGE = "model"
 """The stage whose module is evaluated, exported and logged as `loss`."""
@@ -39,12 +54,40 @@ class BatchCount:
     """Real input tokens (padding excluded), for tokens/s; 0 for tasks without tokens."""
 
 
+@dataclass(frozen=True)
+class Supports:
+    """What a configured task can be distributed with beyond DDP (which every task supports)."""
+
+    deepspeed: bool = True
+    deepspeed_zero3: bool = True
+    fsdp: bool = True
+    why: str = ""
+    """The reason for each refusal, said in the error: "<why>; use <what works>"."""
+
+
+@dataclass(frozen=True)
+class CardDetails:
+    """What a task's model card says beyond what the loop knows (steps, batch, learning rate, metrics)."""
+
+    title: str
+    pipeline_tag: str | None
+    tags: list[str]
+    architecture: str
+    data: str
+    usage: str
+    training: dict[str, object]
+    """The task's own lines in the Training table (masking rate, loss, packing)."""
+    library_name: str = "transformers"
+
+
 class Task(ABC):
     name: ClassVar[str]
     config_class: ClassVar[type[TrainConfig]]
 
     def __init__(self, config: TrainConfig):
         self.config = config
+        self.step = 0
+        """Index of the optimizer step being computed; set by the loop."""
 
     @abstractmethod
     def setup(self, accelerator) -> nn.Module | dict[str, nn.Module]:
@@ -87,7 +130,25 @@ class Task(ABC):
         """Save the final model (and tokenizer/processor) so plain `from_pretrained(output_dir)` loads it."""
 
     @abstractmethod
-    def model_card(self, training: dict[str, object], metrics: dict[str, float]) -> ModelCard: ...
+    def card_details(self) -> CardDetails:
+        """Called after `export`, on the main process only."""
+
+    def after_step(self, model: nn.Module, stage: str = MAIN_STAGE) -> None:  # noqa: B027
+        """Called after each optimizer step the stage took: EMA / momentum encoders, queues, schedules."""
+
+    def state_dict(self) -> dict:
+        """The task's own state (queues, banks, centroids, counters); {} when it has none. See the module doc."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027
+        """Restore what `state_dict` returned, after `setup`."""
+
+    def supports(self) -> Supports:
+        return Supports()
+
+    def lr_multiplier(self, parameter_name: str, stage: str = MAIN_STAGE) -> float:
+        """The factor on the learning rate for one parameter of a stage's module (as named by named_parameters)."""
+        return 1.0
 
     def indexed_batches(
         self, num_samples: int, make_batch: MakeBatch, start: int, sharding: Sharding

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import torch
-from accelerate.utils import DistributedType, gather_object, send_to_device
+from accelerate.utils import gather_object, send_to_device
 from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
 
@@ -43,13 +43,12 @@ from fmkit.data.images import Listing, iter_image_records
 from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches
 from fmkit.errors import ConfigError, DataError
 from fmkit.eval.retrieval import recall_at_k, recall_at_k_chance, zero_shot_chance, zero_shot_hits
-from fmkit.hub import ModelCard
 from fmkit.losses.contrastive import AccumulatedContrastiveLoss
 from fmkit.models.clip import MAX_LOGIT_SCALE, ClipModel, ClipModelSpec, build_clip_model
 from fmkit.models.clip_export import export_clip
 from fmkit.models.clip_processor import clip_tokenizer
 from fmkit.tasks import register_task
-from fmkit.tasks.base import MAIN_STAGE, BatchCount, Task
+from fmkit.tasks.base import MAIN_STAGE, BatchCount, CardDetails, Supports, Task
 
 logger = logging.getLogger(__name__)
 
@@ -111,16 +110,6 @@ class ClipTask(Task):
     def setup(self, accelerator) -> nn.Module:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers tokenize; the Rust pool would fork
         config = self.config
-        plugin = accelerator.state.deepspeed_plugin
-        sharded = "DeepSpeed ZeRO-3" if plugin is not None and plugin.zero_stage == 3 else None
-        if accelerator.distributed_type == DistributedType.FSDP:
-            sharded = "FSDP"
-        if sharded:
-            raise ConfigError(
-                f"{sharded} cannot run CLIP towers yet: transformers' CLIP text embeddings and open_clip's towers "
-                "read parameters outside their module's forward, where sharded parameters are not gathered; "
-                "use DeepSpeed ZeRO-2 (deepspeed_zero2.yaml) or DDP"
-            )
         self.device = accelerator.device
         self.sharding = Sharding(accelerator.process_index, accelerator.num_processes)
         model = build_clip_model(config)
@@ -144,6 +133,20 @@ class ClipTask(Task):
         self.num_parameters = sum(p.numel() for p in model.parameters())
         self.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return model
+
+    def supports(self) -> Supports:
+        return Supports(
+            deepspeed_zero3=False,
+            fsdp=False,
+            why="transformers' CLIP text embeddings and open_clip's towers read parameters outside their module's "
+            "forward, where sharded parameters are not gathered; use DeepSpeed ZeRO-2 (deepspeed_zero2.yaml) or DDP",
+        )
+
+    def state_dict(self) -> dict:
+        return {"skipped_pairs": dict(self.skipped)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = Counter(state["skipped_pairs"])
 
     # -- data --------------------------------------------------------------------------------------------------
     def _load_data(self) -> tuple[ImageTextPairs, ImageTextPairs, ClassifiedImages | None, str]:
@@ -218,10 +221,9 @@ class ClipTask(Task):
     # -- evaluation --------------------------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, accelerator, step: int) -> dict[str, float]:
         raw: ClipModel = accelerator.unwrap_model(model)
-        with accelerator.autocast():
-            metrics = self._retrieval(raw, accelerator)
-            if self.zero_shot is not None:
-                metrics.update(self._zero_shot(raw, accelerator))
+        metrics = self._retrieval(raw, accelerator)
+        if self.zero_shot is not None:
+            metrics.update(self._zero_shot(raw, accelerator))
         skipped = torch.tensor([float(sum(self.skipped.values()))], device=accelerator.device)
         metrics["skipped_pairs"] = accelerator.reduce(skipped, "sum").item()
         return metrics
@@ -288,10 +290,11 @@ class ClipTask(Task):
     def export(self, model: nn.Module, state_dict: dict, output_dir: Path) -> None:
         self.exported_hf = export_clip(model, state_dict, output_dir)
 
-    def model_card(self, training: dict[str, object], metrics: dict[str, float]) -> ModelCard:
+    def card_details(self) -> CardDetails:
         config = self.config
-        training = {**training, "loss": "SigLIP sigmoid" if config.loss == "siglip" else "CLIP InfoNCE",
-                    "contrastive batch": training["global batch"]}  # fmt: skip
+        global_batch = config.per_device_batch_size * config.gradient_accumulation_steps * self.sharding.world
+        training = {"loss": "SigLIP sigmoid" if config.loss == "siglip" else "CLIP InfoNCE",
+                    "contrastive batch": global_batch}  # fmt: skip
         for tower in ("image", "text"):
             source = getattr(config, f"{tower}_tower_from")
             if source or getattr(config, f"lock_{tower}"):
@@ -310,16 +313,15 @@ class ClipTask(Task):
             if hf
             else 'import open_clip\n\nmodel, _, preprocess = open_clip.create_model_and_transforms("local-dir:PATH")'
         )
-        return ModelCard(
+        return CardDetails(
             title="CLIP model pretrained with fmkit" if config.loss == "clip" else "SigLIP model pretrained with fmkit",
             library_name="transformers" if hf else "open_clip",
             pipeline_tag="zero-shot-image-classification",
-            tags=["fmkit", "clip", "contrastive", config.loss],
+            tags=["contrastive", config.loss],
             architecture=f"{self.model_description}; {self.num_parameters / 1e6:.1f}M parameters "
             f"({self.trainable_parameters / 1e6:.1f}M trained)",
             data=self.data_description,
             training=training,
-            metrics=metrics,
             usage=usage,
         )
 

@@ -18,9 +18,8 @@ from transformers import AutoModelForCausalLM
 from fmkit.data.packing import document_position_ids
 from fmkit.data.text import Blocks, TextDataConfig
 from fmkit.data.tokenizer import SpecialTokens
-from fmkit.hub import ModelCard
 from fmkit.tasks import register_task
-from fmkit.tasks.base import MAIN_STAGE, BatchCount
+from fmkit.tasks.base import MAIN_STAGE, BatchCount, CardDetails
 from fmkit.tasks.language_model import LanguageModelTask
 
 logger = logging.getLogger(__name__)
@@ -42,7 +41,9 @@ class CLMConfig(TextDataConfig):
     samples: int = 3
     """Sampled continuations of held-out document openings logged at each evaluation (0: none)."""
     sample_prompt_tokens: int = 8
+    """Tokens of each held-out prompt that samples continue."""
     sample_new_tokens: int = 32
+    """Tokens generated for each sample."""
     sample_temperature: float = 1.0
     """Saved in the model's generation config: sampling is its default (greedy decoding loops in small models)."""
     sample_top_p: float = 0.9
@@ -137,7 +138,7 @@ class CausalLM(LanguageModelTask):
     def predicted_fraction(self) -> float:
         return 1.0
 
-    def model_card(self, training: dict[str, object], metrics: dict[str, float]) -> ModelCard:
+    def card_details(self) -> CardDetails:
         usage = (
             "from transformers import pipeline\n\n"
             'generate = pipeline("text-generation", model="PATH_OR_HUB_ID")\n'
@@ -148,15 +149,13 @@ class CausalLM(LanguageModelTask):
             if self.config.document_aware
             else "documents joined by end-of-text tokens"
         )
-        return ModelCard(
+        return CardDetails(
             title=f"{self.model_config.model_type} causal language model trained with fmkit",
-            library_name="transformers",
             pipeline_tag="text-generation",
-            tags=["fmkit", "causal-lm", self.model_config.model_type],
+            tags=["causal-lm", self.model_config.model_type],
             architecture=self.architecture(),
             data=self.data_description,
-            training={**training, "packing": packing},
-            metrics=metrics,
+            training={"packing": packing},
             usage=usage,
         )
 

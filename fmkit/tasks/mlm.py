@@ -14,10 +14,9 @@ from fmkit.data.loader import sample_seeds
 from fmkit.data.masking import IGNORE_INDEX, Masker
 from fmkit.data.text import Blocks, TextDataConfig
 from fmkit.data.tokenizer import BERT_SPECIALS, ROBERTA_SPECIALS, SpecialTokens
-from fmkit.hub import ModelCard
 from fmkit.models.masked_positions import MaskedPositionsOnly
 from fmkit.tasks import register_task
-from fmkit.tasks.base import MAIN_STAGE, BatchCount
+from fmkit.tasks.base import MAIN_STAGE, BatchCount, CardDetails
 from fmkit.tasks.language_model import LanguageModelTask
 
 
@@ -93,20 +92,18 @@ class MaskedLM(LanguageModelTask):
     def predicted_fraction(self) -> float:
         return self.config.mlm_probability  # the decoder runs only at the masked positions
 
-    def model_card(self, training: dict[str, object], metrics: dict[str, float]) -> ModelCard:
+    def card_details(self) -> CardDetails:
         usage = (
             "from transformers import pipeline\n\n"
             'fill = pipeline("fill-mask", model="PATH_OR_HUB_ID")\n'
             f'print(fill("The quick brown {self.tokenizer.mask_token} jumps over the lazy dog."))'
         )
-        return ModelCard(
+        return CardDetails(
             title=f"{self.model_config.model_type} masked language model trained with fmkit",
-            library_name="transformers",
             pipeline_tag="fill-mask",
-            tags=["fmkit", "masked-lm", self.model_config.model_type],
+            tags=["masked-lm", self.model_config.model_type],
             architecture=self.architecture(),
             data=self.data_description,
-            training={**training, "masking": f"{self.config.mlm_probability:.0%} of tokens, 80/10/10"},
-            metrics=metrics,
+            training={"masking": f"{self.config.mlm_probability:.0%} of tokens, 80/10/10"},
             usage=usage,
         )

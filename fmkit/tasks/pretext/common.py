@@ -31,7 +31,6 @@ from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches,
 from fmkit.data.named_images import default_probe_sources, default_train_sources
 from fmkit.errors import ConfigError, DataError
 from fmkit.eval.probe import KNN_K, few_shot_accuracy, knn_accuracy, linear_probe_accuracy
-from fmkit.hub import ModelCard
 from fmkit.models.backbone import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -42,7 +41,7 @@ from fmkit.models.backbone import (
     random_copy,
 )
 from fmkit.plots import write_sample_grid
-from fmkit.tasks.base import MAIN_STAGE, BatchCount, Task
+from fmkit.tasks.base import MAIN_STAGE, BatchCount, CardDetails, Task
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +303,7 @@ class PretextTask(Task):
         model.backbone.model.save_pretrained(output_dir, state_dict=weights)
         image_processor(self.config.image_size, self.config.stored_size).save_pretrained(output_dir)
 
-    def model_card(self, training: dict[str, object], metrics: dict[str, float]) -> ModelCard:
+    def card_details(self) -> CardDetails:
         config = self.backbone_config
         architecture = (
             f"{config.model_type} backbone, {self.num_parameters / 1e6:.2f}M parameters, "
@@ -316,15 +315,13 @@ class PretextTask(Task):
             'backbone = AutoModel.from_pretrained("PATH_OR_HUB_ID")\n'
             'features = backbone(**processor(images, return_tensors="pt"))'
         )
-        return ModelCard(
+        return CardDetails(
             title=f"{config.model_type} backbone pretrained by {self.name} with fmkit",
-            library_name="transformers",
             pipeline_tag="image-feature-extraction",
-            tags=["fmkit", "self-supervised", "pretext", self.name, config.model_type],
+            tags=["self-supervised", "pretext", config.model_type],
             architecture=architecture,
             data=self.data_description,
-            training={**training, "pretext task": self.pipeline_note or self.name},
-            metrics=metrics,
+            training={"pretext task": self.pipeline_note or self.name},
             usage=usage,
         )
 

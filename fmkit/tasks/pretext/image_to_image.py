@@ -20,7 +20,7 @@ from fmkit.config import NON_NEGATIVE, ranged
 from fmkit.eval.image_quality import psnr
 from fmkit.models.backbone import Backbone, upsampling_steps
 from fmkit.models.heads import DenseDecoder, PatchDiscriminator
-from fmkit.tasks.base import MAIN_STAGE
+from fmkit.tasks.base import MAIN_STAGE, Supports
 from fmkit.tasks.pretext.common import PretextConfig, PretextModel, PretextTask
 
 DISCRIMINATOR = "discriminator"
@@ -66,6 +66,15 @@ class ImageToImagePretext(PretextTask):
     def build_model(self, backbone: Backbone) -> Restorer:
         self.restorer = Restorer(backbone)
         return self.restorer
+
+    def supports(self) -> Supports:
+        if self.config.adversarial_weight <= 0:
+            return Supports()
+        return Supports(
+            deepspeed=False,
+            why="adversarial_weight > 0 trains a discriminator in a second stage, and DeepSpeed runs one engine per "
+            "model; use DDP (or FSDP on GPUs)",
+        )
 
     def extra_models(self) -> dict[str, nn.Module]:
         if self.config.adversarial_weight <= 0:
