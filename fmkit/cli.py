@@ -10,17 +10,30 @@ from pathlib import Path
 
 from fmkit.config import parse_config
 from fmkit.errors import ConfigError, FmkitError
-from fmkit.tasks import get_task
+from fmkit.tasks import get_task, task_names
 from fmkit.trainer import Trainer
 
 
-def run_recipe(
-    task_name: str, default_preset: str | Path, argv: list[str] | None = None, choices: Sequence[str] = ()
-) -> None:
+def preset_path(configs: Path, recipe: str, task: str, kind: str = "demo") -> Path:
+    """A task's preset under configs/<recipe>/: the demo, or an overlay on it such as "debug".
+
+    A one-task recipe names them <kind>.yaml; a recipe of several, <task>.yaml for the demo and
+    <task>-<kind>.yaml for an overlay, falling back to the recipe-wide <kind>.yaml.
+    """
+    folder = configs / recipe
+    if len(task_names(recipe)) <= 1:
+        return folder / f"{kind}.yaml"
+    if kind == "demo":
+        return folder / f"{task}.yaml"
+    own = folder / f"{task}-{kind}.yaml"
+    return own if own.is_file() else folder / f"{kind}.yaml"
+
+
+def run_recipe(recipe: str, configs: Path, argv: list[str] | None = None) -> None:
     """Errors in the user's input end the run with one line on stderr and exit status 2.
 
-    A recipe that serves several tasks passes their names as `choices`: `--task NAME` picks one (default
-    `task_name`), and `{task}` in `default_preset` becomes its name.
+    A recipe that serves several registered tasks takes `--task NAME` (default: its first), and applies that
+    task's demo preset unless `--config` names another.
     """
     prog = Path(sys.argv[0]).name
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -35,20 +48,20 @@ def run_recipe(
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     try:
-        if choices:
-            task_name, argv = _pick_task(argv, task_name, choices)
-            default_preset = str(default_preset).format(task=task_name)
+        choices = task_names(recipe)
+        task_name, argv = _pick_task(argv, choices) if len(choices) > 1 else (choices[0], argv)
         task_class = get_task(task_name)
-        config = parse_config(task_class.config_class, argv, default_preset=default_preset, prog=prog)
+        preset = preset_path(configs, recipe, task_name)
+        config = parse_config(task_class.config_class, argv, default_preset=preset, prog=prog)
         Trainer(task_class(config)).fit()
     except FmkitError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         sys.exit(2)
 
 
-def _pick_task(argv: list[str], default: str, choices: Sequence[str]) -> tuple[str, list[str]]:
+def _pick_task(argv: list[str], choices: Sequence[str]) -> tuple[str, list[str]]:
     """Take `--task NAME` (or `--task=NAME`) out of argv; the rest is the chosen task's config."""
-    task, rest, args = default, [], iter(argv)
+    task, rest, args = choices[0], [], iter(argv)
     for arg in args:
         if arg == "--task":
             task = next(args, "")

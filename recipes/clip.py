@@ -11,4 +11,4 @@ from pathlib import Path
 from fmkit.cli import run_recipe
 
 if __name__ == "__main__":
-    run_recipe("clip", default_preset=Path(__file__).parent / "configs" / "clip" / "demo.yaml")
+    run_recipe("clip", Path(__file__).parent / "configs")

@@ -10,4 +10,4 @@ from pathlib import Path
 from fmkit.cli import run_recipe
 
 if __name__ == "__main__":
-    run_recipe("clm", default_preset=Path(__file__).parent / "configs" / "clm" / "demo.yaml")
+    run_recipe("clm", Path(__file__).parent / "configs")

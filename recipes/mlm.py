@@ -10,4 +10,4 @@ from pathlib import Path
 from fmkit.cli import run_recipe
 
 if __name__ == "__main__":
-    run_recipe("mlm", default_preset=Path(__file__).parent / "configs" / "mlm" / "demo.yaml")
+    run_recipe("mlm", Path(__file__).parent / "configs")

@@ -10,8 +10,5 @@ from pathlib import Path
 
 from fmkit.cli import run_recipe
 
-TASKS = ("rotation", "jigsaw", "context", "colorization", "superres", "inpainting", "mim")
-
 if __name__ == "__main__":
-    presets = Path(__file__).parent / "configs" / "pretext"
-    run_recipe("rotation", default_preset=presets / "{task}.yaml", choices=TASKS)
+    run_recipe("pretext", Path(__file__).parent / "configs")

@@ -174,7 +174,7 @@ def superres_run(tmp_path_factory, pretext_images) -> Path:  # noqa: F811 (the f
     out = tmp_path_factory.mktemp("superres") / "run"
     argv = ["--output_dir", str(out), *BACKBONES["resnet"], *data_args(pretext_images), *TINY, "--max_steps", "2",
             "--eval_every", "2", "--log_every", "1", "--save_every", "0", "--report_to", "tensorboard"]  # fmt: skip
-    run_recipe("superres", RECIPES / "configs" / "pretext" / "superres.yaml", argv)
+    run_recipe("pretext", RECIPES / "configs", ["--task", "superres", *argv])
     return out
 
 

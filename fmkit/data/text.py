@@ -43,8 +43,11 @@ class TextDataConfig(TrainConfig):
     dataset_name: str | None = None
     """A Hugging Face dataset to train on instead of files, e.g. wikitext."""
     dataset_config: str | None = None
+    """The Hub dataset's configuration name (e.g. wikitext-103-raw-v1)."""
     dataset_split: str = "train"
+    """The split of dataset_name to train on."""
     eval_split: str | None = None
+    """The split of dataset_name to evaluate on; none: eval_fraction of the training split."""
     text_field: str = "text"
     """Column / JSON key holding the text."""
     streaming: bool = False
@@ -59,6 +62,7 @@ class TextDataConfig(TrainConfig):
     tokenizer_name_or_path: str | None = None
     """A pretrained tokenizer; without it a new one is trained on the training text and saved with the model."""
     tokenizer_type: Literal["wordpiece", "bpe", "unigram"] = "wordpiece"
+    """The tokenizer trained when tokenizer_name_or_path is not given."""
     vocab_size: int = 8192
     """Size of a newly trained tokenizer, rounded up to a multiple of 64."""
     tokenizer_train_chars: int = 200_000_000

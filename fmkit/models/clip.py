@@ -47,15 +47,23 @@ class ClipModelSpec:
     """'clip' builds a transformers CLIPModel from vision_config/text_config; 'open_clip:NAME' builds one of
     open_clip's architectures (e.g. open_clip:ViT-B-32) and 'open_clip:PATH.json' one from an open_clip config."""
     vision_config: dict = field(default_factory=dict)
+    """Overrides for a new CLIPVisionConfig (image_size, patch_size, hidden_size, ...)."""
     text_config: dict = field(default_factory=dict)
+    """Overrides for a new CLIPTextConfig (hidden_size, max_position_embeddings as context length, ...)."""
     projection_dim: int = 512
+    """Width of the shared image-text embedding space."""
     loss: Literal["clip", "siglip"] = "clip"
     """clip: symmetric InfoNCE with a learned temperature; siglip: pairwise sigmoid loss with a learned bias."""
     image_tower_from: str | None = None
+    """Start the image tower (and its projection) from a saved CLIPModel or CLIPVisionModelWithProjection."""
     text_tower_from: str | None = None
+    """Start the text tower (and its projection) from a saved CLIPModel or CLIPTextModelWithProjection."""
     lock_image: bool = False
+    """Freeze the image tower (LiT-style locked-image tuning)."""
     lock_text: bool = False
+    """Freeze the text tower."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory for larger contrastive batches."""
 
 
 class ClipModel(nn.Module):

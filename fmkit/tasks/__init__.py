@@ -1,27 +1,64 @@
-"""Registry of objectives: a new task is one decorated class, and registry-wide tests pick it up."""
+"""Registry of objectives: a name, the recipe that runs it and the module that defines it.
+
+Listing names (`task_names`) imports nothing, and `get_task` imports only the module of the task asked
+for, so an MLM run never loads open_clip or scikit-learn. A new built-in task is one decorated class plus
+one line in BUILTIN; the registry-wide tests (tests/test_registry.py) then cover it. Tasks defined outside
+fmkit register themselves with the decorator when their module is imported.
+"""
 
 from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
 
 from fmkit.errors import ConfigError
 from fmkit.tasks.base import BatchCount, Task
 
+
+@dataclass(frozen=True)
+class Entry:
+    recipe: str
+    """The script under recipes/ that runs it; a recipe with several tasks picks one with --task."""
+    module: str
+
+
+BUILTIN: dict[str, Entry] = {
+    "mlm": Entry("mlm", "fmkit.tasks.mlm"),
+    "clm": Entry("clm", "fmkit.tasks.clm"),
+    "clip": Entry("clip", "fmkit.tasks.clip"),
+    **{
+        name: Entry("pretext", f"fmkit.tasks.pretext.{name}")
+        for name in ("rotation", "jigsaw", "context", "colorization", "superres", "inpainting", "mim")
+    },
+}
+"""Built-in tasks in the order recipes list them (the first of a recipe is its default)."""
+
 TASKS: dict[str, type[Task]] = {}
+"""Tasks imported so far, by name."""
 
 
 def register_task(cls: type[Task]) -> type[Task]:
+    known = TASKS.get(cls.name)
+    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"task name {cls.name!r} is taken by {known.__module__}.{known.__qualname__}")
+    entry = BUILTIN.get(cls.name)
+    if entry is not None and cls.__module__ != entry.module:
+        raise ValueError(f"task name {cls.name!r} is fmkit's built-in task from {entry.module}")
     TASKS[cls.name] = cls
     return cls
 
 
+def task_names(recipe: str | None = None) -> list[str]:
+    """Built-in task names (of one recipe), without importing any of them."""
+    return [name for name, entry in BUILTIN.items() if recipe is None or entry.recipe == recipe]
+
+
 def get_task(name: str) -> type[Task]:
-    _import_builtin_tasks()
+    if name not in TASKS and name in BUILTIN:
+        importlib.import_module(BUILTIN[name].module)
     if name not in TASKS:
-        raise ConfigError(f"task {name!r} is unknown; choose one of {', '.join(sorted(TASKS))}")
+        raise ConfigError(f"task {name!r} is unknown; choose one of {', '.join(sorted({*BUILTIN, *TASKS}))}")
     return TASKS[name]
 
 
-def _import_builtin_tasks() -> None:
-    from fmkit.tasks import clip, clm, mlm, pretext  # noqa: F401
-
-
-__all__ = ["BatchCount", "Task", "TASKS", "get_task", "register_task"]
+__all__ = ["BUILTIN", "BatchCount", "Task", "TASKS", "get_task", "register_task", "task_names"]

@@ -22,6 +22,7 @@ class InpaintingConfig(ImageToImageConfig):
     """Inpainting: remove a square region and reconstruct it (L2 on the region, optionally adversarial)."""
 
     mask_mode: Literal["center", "random"] = "center"
+    """center: a square in the middle of the image; random: a square anywhere inside it."""
     mask_fraction: float = ranged(0.5, FRACTION)
     """Side of the removed square as a fraction of image_size (the paper: half the image)."""
 

@@ -31,6 +31,7 @@ class JigsawConfig(PretextConfig):
     num_permutations: int = ranged(100, Range(2, 10_000))
     """Size of the permutation set (the paper's best: 1000; 100 learns faster on small data)."""
     permutation_seed: int = 0
+    """Seeds the choice of the permutation set (the classes); a resume must use the same one."""
     tile_gap: int = ranged(0, NON_NEGATIVE)
     """Pixels left between tiles (jitter range); 0 means image_size // 12."""
     per_tile_normalization: bool = True

@@ -30,9 +30,13 @@ class MIMConfig(PretextConfig):
 
     backbone_type: str = "vit"
     mask_ratio: float = ranged(0.75, FRACTION)
+    """Fraction of patches hidden from the encoder (MAE uses 0.75)."""
     decoder_width: int = ranged(128, POSITIVE)
+    """Hidden size of the light decoder that reconstructs the hidden patches."""
     decoder_depth: int = ranged(2, POSITIVE)
+    """Transformer layers in the decoder."""
     decoder_heads: int = ranged(4, POSITIVE)
+    """Attention heads in the decoder."""
 
 
 class MaskedAutoencoder(PretextModel):

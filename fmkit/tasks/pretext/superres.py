@@ -18,6 +18,7 @@ class SuperResolutionConfig(ImageToImageConfig):
     """Super-resolution: downscale x2 or x4 and reconstruct the original (L1, optionally adversarial)."""
 
     scale_factor: int = 4
+    """Upscaling factor: the model sees the image downsampled by it and restores full resolution."""
 
     def validate(self) -> None:
         super().validate()
