@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import REPO, add_run_arguments, check_run_lengths, machine, thread_env  # benchmarks/ is on sys.path
+from common import REPO, add_run_arguments, check_run_lengths, machine, save_report, thread_env  # on sys.path
 
 # AdamW as open_clip_train's defaults for ViT models (get_default_params), set explicitly on both sides.
 WEIGHT_DECAY = 0.1
@@ -281,8 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {"label": label, "settings": settings, "model_config": config, "parameters": parameters,
               "machine": {**machine(), "open_clip": open_clip.__version__}, "median_samples_per_s": medians,
               "median_ratio": ratio, "runs": runs}  # fmt: skip
-    args.out.write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {args.out}")
+    save_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, seq_len: int, batch_size:
     parser.add_argument("--repeats", type=int, default=1, help="run both sides this many times (alternating)")
     parser.add_argument("--learning_rate", type=float, default=5e-4)
     parser.add_argument("--label", default=None, help="name of this configuration in the table")
-    parser.add_argument("--out", type=Path, default=Path("results.json"))
+    parser.add_argument("--out", type=Path, default=None, help="also write the full report here as JSON")
     parser.add_argument("--hf_worker", type=Path, default=None, help=argparse.SUPPRESS)
 
 
@@ -249,8 +249,7 @@ def compare(
         print(f"| {label} | {run['repeat']} | {' | '.join(cell(run) for cell in columns.values())} |")
     report = {"label": label, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "hf_worker")},
               "model_config": config, "machine": machine(), "runs": runs}  # fmt: skip
-    args.out.write_text(json.dumps(report, indent=2, default=str))
-    print(f"\nwrote {args.out}")
+    save_report(report, args.out)
 
 
 def compare_with_trainer(
@@ -278,3 +277,12 @@ def compare_with_trainer(
         lambda: run_hf(script, args, tokenizer_dir, config),
         columns,
     )
+
+
+def save_report(report: dict, out: Path | None) -> None:
+    """Only where asked: a benchmark run from a checkout must not leave files in it."""
+    if out is None:
+        print("\n(pass --out FILE to keep the full report as JSON)")
+        return
+    out.write_text(json.dumps(report, indent=2, default=str))
+    print(f"\nwrote {out}")

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from common import save_report
 from mlm_throughput import REPO, machine, thread_env
 from torch import nn
 
@@ -50,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="run both sides this many times (alternating)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--num_workers", type=int, default=0, help="fmkit's data-loader workers (preset: 0)")
-    parser.add_argument("--out", type=Path, default=Path("pretext_results.json"))
+    parser.add_argument("--out", type=Path, default=None, help="also write the full report here as JSON")
     parser.add_argument("--plain_worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -194,8 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     print(TABLE_HEADER, flush=True)
     runs = [run for task in args.tasks for run in benchmark_task(task, args)]
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "plain_worker")}
-    args.out.write_text(json.dumps({"settings": settings, "machine": machine(), "runs": runs}, indent=2, default=str))
-    print(f"\nwrote {args.out}")
+    save_report({"settings": settings, "machine": machine(), "runs": runs}, args.out)
 
 
 if __name__ == "__main__":

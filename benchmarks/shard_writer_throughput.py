@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, hf_blocks, machine, shared_tokenizer
+from common import REPO, hf_blocks, machine, save_report, shared_tokenizer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="process counts to compare")
     parser.add_argument("--seq_len", type=int, default=1024, help="group_texts block size on the datasets side")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("shard_writer.json"))
+    parser.add_argument("--out", type=Path, default=None, help="also write the full report here as JSON")
     parser.add_argument("--hf_worker", nargs=4, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
                 hf = run_hf(corpus, tokenizer, workers, args.seq_len, Path(work) / f"r{repeat}")
                 rows.append({"workers": workers, "repeat": repeat, "fmkit": fmkit, "hf": hf,
                              "ratio": hf["seconds"] / fmkit["seconds"]})  # fmt: skip
-    args.out.write_text(json.dumps({"machine": machine(), "megabytes": megabytes, "rows": rows}, indent=1))
+    save_report({"machine": machine(), "megabytes": megabytes, "rows": rows}, args.out)
     print(f"{megabytes:.1f} MB of JSONL, {rows[0]['fmkit']['tokens']:,} tokens")
     print("| processes | fmkit tok/s (per process) | datasets.map + group_texts tok/s (per process) | ratio |")
     print("|---|---|---|---|")
