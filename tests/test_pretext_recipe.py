@@ -11,7 +11,6 @@ import json
 import math
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,33 +143,20 @@ def main_model_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
-# A fresh process with plain transformers (no fmkit): the export loads, its processor makes the trained input
-# size from a picture of another size, and the model runs on it. The weights it loaded go to argv[2].
-LOAD_EXPORT = """
-import json, sys, torch
-from PIL import Image
-from transformers import AutoImageProcessor, AutoModel
-out, weights = sys.argv[1:]
-model, info = AutoModel.from_pretrained(out, output_loading_info=True)
-processor = AutoImageProcessor.from_pretrained(out)
-picture = Image.new("RGB", (57, 41), (200, 30, 90))
-pixels = processor(picture, return_tensors="pt")["pixel_values"]
-with torch.no_grad():
-    hidden = model.eval()(pixel_values=pixels).last_hidden_state
-assert "fmkit" not in sys.modules
-torch.save(model.state_dict(), weights)
-print(json.dumps({"model_type": model.config.model_type, "pixels": list(pixels.shape), "hidden": list(hidden.shape),
-                  "finite": bool(torch.isfinite(hidden).all()), "missing": sorted(info["missing_keys"]),
-                  "unexpected": sorted(info["unexpected_keys"])}))
-"""
+def load_export_with_transformers(out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Plain transformers' view of an export: it loads, its processor makes the trained input size from a
+    picture of another size, and the model runs on it; and the weights it loaded. (In this process: every
+    task's export is also reloaded in a fresh process without fmkit, by tests/test_registry.py.)"""
+    from transformers import AutoImageProcessor, AutoModel
 
-
-def load_export_with_transformers(out: Path, weights: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """What the fresh process reports, and the state dict of the model it loaded."""
-    command = [sys.executable, "-c", LOAD_EXPORT, str(out), str(weights)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1]), torch.load(weights)
+    model, info = AutoModel.from_pretrained(out, output_loading_info=True)
+    pixels = AutoImageProcessor.from_pretrained(out)(Image.new("RGB", (57, 41), (200, 30, 90)), return_tensors="pt")
+    with torch.no_grad():
+        hidden = model.eval()(pixel_values=pixels["pixel_values"]).last_hidden_state
+    report = {"model_type": model.config.model_type, "pixels": list(pixels["pixel_values"].shape),
+              "hidden": list(hidden.shape), "finite": bool(torch.isfinite(hidden).all()),
+              "missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"])}  # fmt: skip
+    return report, model.state_dict()
 
 
 # -- every task end to end ------------------------------------------------------------------------------------
@@ -204,7 +190,7 @@ def test_task_trains_evaluates_and_exports_a_plain_backbone(tmp_path, images, ta
         assert all(0.0 <= record[key] <= 1.0 for key in EVAL_KEYS - {"eval_loss"}), record
     assert evals[3]["eval_loss"] != evals[0]["eval_loss"], "three steps left the model unchanged"
 
-    loaded, weights = load_export_with_transformers(out, tmp_path / "loaded.pt")
+    loaded, weights = load_export_with_transformers(out)
     assert loaded["model_type"] == backbone and loaded["finite"]
     assert loaded["pixels"] == [1, 3, IMAGE_SIZE, IMAGE_SIZE]
     assert loaded["hidden"][0] == 1 and not loaded["unexpected"]

@@ -48,8 +48,11 @@ print(json.dumps(report))
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory) -> dict[str, Path]:
-    """Each task's debug preset, 2 steps, in this process; its output folder."""
+def exports(tmp_path_factory, text_files) -> dict[str, Path]:
+    """Each task's debug preset, 2 steps, in this process; its output folder (or the error of a failed run).
+
+    Text tasks read the session's small text files instead of the whole embedded corpus: the same code path,
+    and their tokenizers are then the ones the other text tests train (cached), not two more."""
     root = tmp_path_factory.mktemp("registry")
     folders = {}
     for name in task_names():
@@ -60,6 +63,8 @@ def exports(tmp_path_factory) -> dict[str, Path]:
                 "--eval_every", "0", "--save_every", "0"]  # fmt: skip
         if len(task_names(recipe)) > 1:
             args = ["--task", name, *args]
+        if recipe in ("mlm", "clm"):
+            args += ["--train_files", str(text_files[0]), "--eval_files", str(text_files[1])]
         result = run_recipe(args, recipe=f"{recipe}.py", check=False)
         folders[name] = out if result.returncode == 0 else result.stderr[-3000:]
     return folders
@@ -99,10 +104,12 @@ def test_every_export_reloads_in_one_fresh_process_with_plain_transformers(expor
 
 
 def test_listing_tasks_imports_none_and_a_run_imports_only_its_family():
+    """Also: the trainer leaves matplotlib (curves.png) to the end of a run, and timm (LARS) to the runs using it."""
+    heavy = ("fmkit.tasks.mlm", "fmkit.tasks.clip", "open_clip", "sklearn", "timm", "matplotlib")
     probe = (
         "import sys; from fmkit.tasks import get_task, task_names; names = task_names(); "
-        "heavy = lambda: sorted(m for m in ('fmkit.tasks.mlm', 'fmkit.tasks.clip', 'open_clip', 'sklearn', 'timm') "
-        "if m in sys.modules); before = heavy(); import fmkit.cli; get_task('mlm'); print(before, heavy())"
+        f"heavy = lambda: sorted(m for m in {heavy} if m in sys.modules); "
+        "before = heavy(); import fmkit.cli; get_task('mlm'); print(before, heavy())"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
