@@ -85,7 +85,7 @@ def cpu_peak_flops(size: int = 2048, trials: int = 5) -> float:
 class Throughput:
     """Counts work between log steps; rates are global (summed over processes by the caller).
 
-    The counts stay a device tensor until `rates` reads them, so counting never waits for the GPU.
+    The counts stay a device tensor until `counts()` reads them, so counting never waits for the GPU.
     """
 
     def __init__(self):

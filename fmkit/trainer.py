@@ -274,8 +274,8 @@ class Trainer:
             )
         if resume is None and config.resume_from_checkpoint == "latest":
             logger.warning("no checkpoint in %s yet: starting from step 0", out)
-        if resume is not None:
-            _refuse_unknown_saved_keys(out / "config.yaml", config)
+        if resume is not None:  # the config of the run that wrote the checkpoint (checkpoints/step_N/..)
+            _refuse_unknown_saved_keys(resume.parent.parent / "config.yaml", config)
         if accelerator.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
             if resume is None and has_run:
@@ -292,13 +292,13 @@ class Trainer:
                 f"{checkpoint}: saved with {state.global_micro_batch} samples per global micro-batch, now {expected} "
                 "(per_device_batch_size x processes); the data position would not carry over"
             )
-        saved_by = state.processes or processes  # checkpoints from before the count was kept: trust the batch check
-        if self.task.state_dict() and saved_by != processes:
-            raise ConfigError(
-                f"{checkpoint}: saved by {saved_by} processes, now {processes}; task {self.task.name} keeps state "
-                "per process, so resume it with the same number of processes"
-            )
+        # Checkpoints from before the count was kept leave `processes` as constructed: the batch check stands.
         if self.task.state_dict():
+            if state.processes != processes:
+                raise ConfigError(
+                    f"{checkpoint}: saved by {state.processes} processes, now {processes}; task {self.task.name} "
+                    "keeps state per process, so resume it with the same number of processes"
+                )
             self.task.load_state_dict(load_task_state(checkpoint, accelerator.process_index, self.task.name))
         state.global_micro_batch, state.processes = expected, processes
         logger.info("resumed from %s at step %d", checkpoint, state.step)

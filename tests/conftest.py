@@ -95,8 +95,6 @@ def _run_script_here(script: Path, args: list[str]) -> subprocess.CompletedProce
     import logging
     import runpy
 
-    from accelerate.state import AcceleratorState, GradientState
-
     out, err = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)
     root = logging.getLogger()
@@ -119,10 +117,16 @@ def _run_script_here(script: Path, args: list[str]) -> subprocess.CompletedProce
         sys.argv = saved_argv
         root.removeHandler(handler)
         root.setLevel(saved_level)
-        # Accelerate keeps process-wide singletons; the next run (possibly other settings) starts clean.
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate()
     return subprocess.CompletedProcess([str(script), *args], returncode, out.getvalue(), err.getvalue())
+
+
+def reset_accelerate() -> None:
+    """Accelerate keeps process-wide singletons; the next in-process run (possibly other settings) starts clean."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def read_metrics(output_dir: Path) -> list[dict]:

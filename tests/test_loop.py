@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
+from conftest import reset_accelerate
 from torch import nn
 
 from fmkit.config import TrainConfig
@@ -113,8 +113,7 @@ def train(tmp_path: Path, name: str = "run", **overrides) -> ToyTask:
     try:
         Trainer(task).fit()
     finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate()
     return task
 
 

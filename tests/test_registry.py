@@ -74,13 +74,12 @@ def exports(tmp_path_factory, text_files) -> dict[str, Path]:
 def test_task_has_presets_documented_options_and_trains_and_exports(name, exports):
     recipe = BUILTIN[name].recipe
     demo, debug = preset_path(CONFIGS, recipe, name), preset_path(CONFIGS, recipe, name, "debug")
-    fields = {action.dest for action in build_parser(get_task(name).config_class, name)._actions}
+    options = [a for a in build_parser(get_task(name).config_class, name)._actions if a.dest not in ("help", "config")]
     for preset in (demo, debug):
         assert preset.is_file(), preset
-        unknown = set(yaml.safe_load(preset.read_text())) - fields
+        unknown = set(yaml.safe_load(preset.read_text())) - {a.dest for a in options}
         assert not unknown, f"{preset}: keys {unknown} are not options of {name}"
-    undocumented = [a.dest for a in build_parser(get_task(name).config_class, name)._actions
-                    if a.dest not in ("help", "config") and not a.help]  # fmt: skip
+    undocumented = [a.dest for a in options if not a.help]
     assert not undocumented, f"options of {name} without a docstring (they show no --help): {undocumented}"
     out = exports[name]
     assert isinstance(out, Path), f"{name}'s debug run failed:\n{out}"
