@@ -247,6 +247,21 @@ def test_soft_nearest_neighbour_matches_loop_reference_and_pml_nca():
     assert_same_loss(ours, lambda x: pml(x, labels), points)
 
 
+def test_coincident_points_give_finite_gradients():
+    """Two identical rows (a duplicated image) sit at distance 0, where the Euclidean norm has no derivative."""
+    points = features(6, 3, seed=23).detach()
+    points[1] = points[0]
+    points.requires_grad_()
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    for loss in (
+        triplet_margin_loss(points, points, points.roll(2, dims=0), 0.5),
+        batch_hard_triplet_loss(points, labels, 0.5),
+        soft_nearest_neighbour_loss(points, labels, 1.0),
+    ):
+        (grad,) = torch.autograd.grad(loss, points)
+        assert torch.isfinite(grad).all()
+
+
 X, Y = torch.zeros(4, 3), torch.zeros(5, 3)
 LABELS = torch.tensor([0, 0, 1, 1])
 
