@@ -39,10 +39,24 @@ TINY_OPEN_CLIP = {
 }
 
 
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+"""Set when pytest-xdist runs this session as one of several workers (`pytest -n 2`)."""
+if XDIST_WORKER and hasattr(os, "sched_setaffinity"):
+    # One core per worker: each run then uses one thread (the loop sizes torch's pool to the cores it may
+    # use), instead of every worker starting a pool as wide as the machine and all of them thrashing.
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cores[int(XDIST_WORKER.removeprefix("gw")) % len(cores)]})
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
-    """Caches (corpus, tokenizers, token shards) live in one folder per test session."""
-    cache = tmp_path_factory.mktemp("fmkit-cache")
+    """Caches (corpus, tokenizers, token shards) live in one folder per test session, shared by its workers
+    (builds are locked and atomic: fmkit.data.cache.build_once)."""
+    if XDIST_WORKER:
+        cache = tmp_path_factory.getbasetemp().parent / "fmkit-cache"
+        cache.mkdir(exist_ok=True)
+    else:
+        cache = tmp_path_factory.mktemp("fmkit-cache")
     os.environ["FMKIT_CACHE"] = str(cache)
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
