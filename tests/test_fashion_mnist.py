@@ -209,7 +209,7 @@ def probe_run(tmp_path: Path, *overrides: str) -> tuple[dict, str]:
     accelerator = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(tmp_path / "run"))
     accelerator.init_trackers("probe")
     model = task.setup(accelerator)
-    metrics = task._representation_metrics(model.backbone, accelerator) | task.random_backbone_metrics
+    metrics = task.evaluate(model, accelerator, step=0)
     log = MetricsLog(tmp_path / "metrics.jsonl", accelerator, None)
     log.log(0, metrics)  # TensorBoard takes scalars only: the probe set's name must not reach it
     accelerator.end_training()
