@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fmkit.config import parse_config
 from fmkit.errors import ConfigError, FmkitError
-from fmkit.tasks import get_task, task_names
+from fmkit.tasks import get_task, selector, task_names
 from fmkit.trainer import Trainer
 
 
@@ -21,7 +21,7 @@ def preset_path(configs: Path, recipe: str, task: str, kind: str = "demo") -> Pa
     <task>-<kind>.yaml for an overlay, falling back to the recipe-wide <kind>.yaml.
     """
     folder = configs / recipe
-    if len(task_names(recipe)) <= 1:
+    if selector(recipe) is None:
         return folder / f"{kind}.yaml"
     if kind == "demo":
         return folder / f"{task}.yaml"
@@ -32,8 +32,8 @@ def preset_path(configs: Path, recipe: str, task: str, kind: str = "demo") -> Pa
 def run_recipe(recipe: str, configs: Path, argv: list[str] | None = None) -> None:
     """Errors in the user's input end the run with one line on stderr and exit status 2.
 
-    A recipe that serves several registered tasks takes `--task NAME` (default: its first), and applies that
-    task's demo preset unless `--config` names another.
+    A recipe that serves several registered tasks takes `--task NAME` (`--method NAME` for the contrastive
+    recipe; default: its first), and applies that task's demo preset unless `--config` names another.
     """
     prog = Path(sys.argv[0]).name
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -48,8 +48,8 @@ def run_recipe(recipe: str, configs: Path, argv: list[str] | None = None) -> Non
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     try:
-        choices = task_names(recipe)
-        task_name, argv = _pick_task(argv, choices) if len(choices) > 1 else (choices[0], argv)
+        choices, flag = task_names(recipe), selector(recipe)
+        task_name, argv = _pick_task(argv, choices, flag) if flag else (choices[0], argv)
         task_class = get_task(task_name)
         preset = preset_path(configs, recipe, task_name)
         config = parse_config(task_class.config_class, argv, default_preset=preset, prog=prog)
@@ -59,16 +59,16 @@ def run_recipe(recipe: str, configs: Path, argv: list[str] | None = None) -> Non
         sys.exit(2)
 
 
-def _pick_task(argv: list[str], choices: Sequence[str]) -> tuple[str, list[str]]:
-    """Take `--task NAME` (or `--task=NAME`) out of argv; the rest is the chosen task's config."""
+def _pick_task(argv: list[str], choices: Sequence[str], flag: str) -> tuple[str, list[str]]:
+    """Take `--<flag> NAME` (or `--<flag>=NAME`) out of argv; the rest is the chosen task's config."""
     task, rest, args = choices[0], [], iter(argv)
     for arg in args:
-        if arg == "--task":
+        if arg == f"--{flag}":
             task = next(args, "")
-        elif arg.startswith("--task="):
+        elif arg.startswith(f"--{flag}="):
             task = arg.split("=", 1)[1]
         else:
             rest.append(arg)
     if task not in choices:
-        raise ConfigError(f"--task {task!r}: expected one of {', '.join(choices)}")
+        raise ConfigError(f"--{flag} {task!r}: expected one of {', '.join(choices)}")
     return task, rest

@@ -18,6 +18,9 @@ from fmkit.config import TrainConfig
 
 Multiplier = Callable[[str], float]
 
+LAYERWISE_OPTIMIZERS = ("lars", "lamb")
+"""Optimizers whose update of a tensor depends on that whole tensor's norm (a trust ratio)."""
+
 
 def parameter_groups(model: nn.Module, weight_decay: float, multiplier: Multiplier = lambda name: 1.0) -> list[dict]:
     """One group per (multiplier, decay) pair that occurs, in first-seen order; frozen parameters are left out."""

@@ -37,7 +37,7 @@ from fmkit.data.loader import Sharding
 from fmkit.errors import ConfigError
 from fmkit.hub import ModelCard, push_to_hub, write_model_card
 from fmkit.metrics import MetricsLog, Throughput, format_line, peak_flops
-from fmkit.optim import build_optimizer, build_scheduler, scheduled_learning_rate
+from fmkit.optim import LAYERWISE_OPTIMIZERS, build_optimizer, build_scheduler, scheduled_learning_rate
 from fmkit.plots import write_curves
 from fmkit.tasks.base import MAIN_STAGE, Task
 
@@ -379,6 +379,12 @@ def refuse_unsupported(task: Task, accelerator) -> None:
         backend = "FSDP"
     if backend:
         raise ConfigError(f"task {task.name} cannot run under {backend}: {supports.why}")
+    optimizer = task.config.optimizer
+    if kind == DistributedType.DEEPSPEED and optimizer in LAYERWISE_OPTIMIZERS:
+        raise ConfigError(
+            f"--optimizer {optimizer} scales each parameter tensor's update by that tensor's norm, and DeepSpeed "
+            "ZeRO hands the optimizer flat partitions of many tensors: use DDP, or --optimizer adamw|sgd"
+        )
 
 
 def _refuse_unknown_saved_keys(saved_config: Path, config: TrainConfig) -> None:

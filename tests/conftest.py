@@ -143,6 +143,19 @@ def reset_accelerate() -> None:
     GradientState._reset_state()
 
 
+def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) -> None:
+    """A refused run: exit status 2 and one `error:` line on stderr that contains `expected`, no traceback."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and expected in error_lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+FASHION_MNIST_CI_PROBE = ["--probe_train_images", "fashion-mnist:train:2000",
+                          "--probe_test_images", "fashion-mnist:test:1000"]  # fmt: skip
+"""The learning tests' probe: 2,000 / 1,000 Fashion-MNIST images (1 point of accuracy is 10 test images)."""
+
+
 def read_metrics(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 

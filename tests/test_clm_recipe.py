@@ -12,6 +12,7 @@ import torch
 from conftest import (
     RECIPES,
     TINY_TRAINING,
+    assert_one_line_error,
     eval_losses,
     jsonl_texts,
     read_metrics,
@@ -287,10 +288,7 @@ def test_masked_lm_trains_on_the_same_shard_format(tmp_path, text_files):
 )
 def test_bad_input_is_one_line_error(tmp_path, clm_shards, args, expected):
     result = clm([*shard_args(clm_shards, tmp_path / "o", 2), *args], check=False)
-    assert result.returncode == 2, result.stderr[-2000:]
-    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(error_lines) == 1 and expected in error_lines[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    assert_one_line_error(result, expected)
 
 
 def test_shards_from_another_tokenizer_are_refused(tmp_path, clm_shards, text_files):

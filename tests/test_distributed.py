@@ -98,14 +98,17 @@ def two_processes(tmp_path_factory, text_files, initial_model, initial_backbone)
         "ddp.yaml": {
             "mlm": mlm,
             "inpainting": TwoProcessRun("pretext.py", pretext_args("inpainting", None, 8)),
+            "simclr": TwoProcessRun("contrastive.py", pretext_args("simclr", None, 8)),
             "clm": TwoProcessRun("clm.py", [*clm_args(text_files), "--per_device_batch_size", "8"]),
             "clip": TwoProcessRun("clip.py", contrastive_args("clip", per_device=8, accumulation=1)),
         },
         "deepspeed_zero2.yaml": {
             "mlm": mlm,
             "rotation": TwoProcessRun("pretext.py", pretext_args("rotation", None, 8)),
+            "simclr": TwoProcessRun("contrastive.py", pretext_args("simclr", None, 8)),
             "siglip": TwoProcessRun("clip.py", contrastive_args("siglip", per_device=4, accumulation=2)),
             "inpainting-refused": TwoProcessRun("pretext.py", pretext_args("inpainting", None, 8)),
+            "lars-refused": TwoProcessRun("contrastive.py", [*pretext_args("simclr", None, 8), "--optimizer", "lars"]),
         },
         "deepspeed_zero3.yaml": {
             "mlm": mlm,
@@ -154,14 +157,18 @@ TINY_CONVNEXT = [
     # The small digits probe: what is compared is 2 processes against 1, not the probe set.
     "--probe_train_images", "embedded:digits:train", "--probe_test_images", "embedded:digits:test",
 ]  # fmt: skip
-PRETEXT_RUNS = {
-    "rotation": [],
-    "inpainting": ["--adversarial_weight", "0.01"],  # two stages, two optimizers
+VISION_RUNS = {
+    "rotation": ["--task", "rotation"],
+    "inpainting": ["--task", "inpainting", "--adversarial_weight", "0.01"],  # two stages, two optimizers
+    # Projections gathered with gradients: every view meets the 2N - 2 negatives of the global batch.
+    "simclr": ["--method", "simclr"],
 }
+"""The vision runs compared (the pretext and contrastive recipes), by task."""
+VISION_RECIPES = {"simclr": "contrastive.py"}
 
 
 def pretext_args(task: str, out: Path | None, per_device_batch: int, steps: int = 6) -> list[str]:
-    return ["--task", task, *TINY_CONVNEXT, *PRETEXT_RUNS[task], *output_dir(out), "--max_steps", str(steps),
+    return [*VISION_RUNS[task], *TINY_CONVNEXT, *output_dir(out), "--max_steps", str(steps),
             "--per_device_batch_size", str(per_device_batch), "--eval_every", str(steps)]  # fmt: skip
 
 
@@ -182,16 +189,17 @@ def initial_backbone(tmp_path_factory):
 
 @pytest.mark.parametrize(
     ("task", "config"),
-    [("rotation", "deepspeed_zero2.yaml"), ("rotation", "deepspeed_zero3.yaml"), ("inpainting", "ddp.yaml")],
-)  # inpainting trains 2 stages
-def test_pretext_two_processes_match_one(tmp_path, initial_backbone, two_processes, task, config):
+    [("rotation", "deepspeed_zero2.yaml"), ("rotation", "deepspeed_zero3.yaml"), ("inpainting", "ddp.yaml"),
+     ("simclr", "ddp.yaml"), ("simclr", "deepspeed_zero2.yaml")],
+)  # fmt: skip
+def test_vision_two_processes_match_one(tmp_path, initial_backbone, two_processes, task, config):
     one = tmp_path / "one"
     start = ["--backbone_name_or_path", str(initial_backbone)] if "zero3" in config else []
-    run([*pretext_args(task, one, 16), *start], recipe="pretext.py")
+    run([*pretext_args(task, one, 16), *start], recipe=VISION_RECIPES.get(task, "pretext.py"))
     two, _ = two_processes(config, task)
-    stages = ["loss", "discriminator_loss"] if PRETEXT_RUNS[task] else ["loss"]
+    stages = ["loss", "discriminator_loss"] if "--adversarial_weight" in VISION_RUNS[task] else ["loss"]
     for name in stages:
-        # Crops, rotations and masks are seeded per sample, so both runs see the same global batch.
+        # Crops, views, rotations and masks are seeded per sample, so both runs see the same global batch.
         assert step_metric(two, name)[1] == pytest.approx(step_metric(one, name)[1], rel=1e-5), name
         assert step_metric(two, name)[6] == pytest.approx(step_metric(one, name)[6], rel=1e-3), name
     final_one, final_two = read_metrics(one)[-1], read_metrics(two)[-1]
@@ -200,11 +208,18 @@ def test_pretext_two_processes_match_one(tmp_path, initial_backbone, two_process
         assert final_two[name] == pytest.approx(final_one[name], abs=0.01), name
 
 
-def test_adversarial_task_refuses_deepspeed(two_processes):
-    _, result = two_processes("deepspeed_zero2.yaml", "inpainting-refused")
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("inpainting-refused", "DeepSpeed runs one engine per model"),  # two optimizer stages
+        ("lars-refused", "--optimizer lars scales each parameter tensor's update by that tensor's norm"),
+    ],
+)
+def test_what_deepspeed_cannot_run_is_refused_in_one_line(two_processes, name, expected):
+    _, result = two_processes("deepspeed_zero2.yaml", name)
     assert result["returncode"] == 2
     error_lines = [line for line in result["stderr"].splitlines() if "error:" in line]
-    assert len(error_lines) == 1 and "DeepSpeed runs one engine per model" in error_lines[0], result["stderr"][-2000:]
+    assert len(error_lines) == 1 and expected in error_lines[0], result["stderr"][-2000:]
 
 
 # --- causal LM: a tiny GPT-2 from scratch (DDP starts every rank from rank 0's weights) -------------------

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from conftest import (
     RECIPES,
     TINY_BERT,
+    assert_one_line_error,
     eval_losses,
     jsonl_texts,
     read_metrics,
@@ -251,10 +252,7 @@ def test_existing_run_is_not_overwritten(tmp_path, text_files):
 )
 def test_bad_input_is_one_line_error(tmp_path, text_files, args, expected):
     result = run_recipe([*data_args(text_files), *TINY_BERT, "--output_dir", str(tmp_path / "o"), *args], check=False)
-    assert result.returncode == 2, result.stderr[-2000:]
-    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(error_lines) == 1 and expected in error_lines[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    assert_one_line_error(result, expected)
 
 
 def test_trains_on_a_streamed_hugging_face_dataset(tmp_path, text_files):

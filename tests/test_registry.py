@@ -16,7 +16,7 @@ from conftest import RECIPES, run_recipe
 
 from fmkit.cli import preset_path
 from fmkit.config import build_parser
-from fmkit.tasks import BUILTIN, get_task, register_task, task_names
+from fmkit.tasks import BUILTIN, get_task, register_task, selector, task_names
 
 CONFIGS = RECIPES / "configs"
 
@@ -61,8 +61,8 @@ def exports(tmp_path_factory, text_files) -> dict[str, Path]:
         args = ["--config", str(preset_path(CONFIGS, recipe, name)), "--config",
                 str(preset_path(CONFIGS, recipe, name, "debug")), "--output_dir", str(out), "--max_steps", "2",
                 "--eval_every", "0", "--save_every", "0"]  # fmt: skip
-        if len(task_names(recipe)) > 1:
-            args = ["--task", name, *args]
+        if selector(recipe):
+            args = [f"--{selector(recipe)}", name, *args]
         if recipe in ("mlm", "clm"):
             args += ["--train_files", str(text_files[0]), "--eval_files", str(text_files[1])]
         result = run_recipe(args, recipe=f"{recipe}.py", check=False)

@@ -1,4 +1,4 @@
-"""Light heads that pretext tasks put on a backbone, and the discriminator of the adversarial ones.
+"""Light heads that pretext and contrastive tasks put on a backbone, and the discriminator of the adversarial ones.
 
 They are deliberately small: the point of a pretext task is the backbone it leaves behind, and a strong
 head would learn the task in the backbone's place.
@@ -52,3 +52,8 @@ class PatchDiscriminator(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Mean logit per image: the adversarial loss is one term per sample, like every other pretext loss."""
         return self.net(images).flatten(1).mean(1)
+
+
+def projection_head(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
+    """SimCLR's projector g(h): the loss is taken on g's output, and the features before it transfer better."""
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features))

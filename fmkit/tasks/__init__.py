@@ -18,7 +18,8 @@ from fmkit.tasks.base import BatchCount, Task
 @dataclass(frozen=True)
 class Entry:
     recipe: str
-    """The script under recipes/ that runs it; a recipe with several tasks picks one with --task."""
+    """The script under recipes/ that runs it; a recipe with several tasks picks one with --task (or the
+    recipe's own flag: `selector`)."""
     module: str
 
 
@@ -30,8 +31,21 @@ BUILTIN: dict[str, Entry] = {
         name: Entry("pretext", f"fmkit.tasks.pretext.{name}")
         for name in ("rotation", "jigsaw", "context", "colorization", "superres", "inpainting", "mim")
     },
+    "simclr": Entry("contrastive", "fmkit.tasks.contrastive.simclr"),
 }
 """Built-in tasks in the order recipes list them (the first of a recipe is its default)."""
+
+SELECTORS = {"contrastive": "method"}
+"""Recipes whose tasks are picked by another flag than --task: the contrastive recipe's objectives are its
+methods, and --task stays free for what a downstream model is adapted to."""
+
+
+def selector(recipe: str) -> str | None:
+    """The flag, without dashes, that picks one of a recipe's tasks; None for a recipe of one task."""
+    if recipe in SELECTORS:
+        return SELECTORS[recipe]  # even while it has one method: the flag and preset names stay when more come
+    return "task" if len(task_names(recipe)) > 1 else None
+
 
 TASKS: dict[str, type[Task]] = {}
 """Tasks imported so far, by name."""
@@ -61,4 +75,4 @@ def get_task(name: str) -> type[Task]:
     return TASKS[name]
 
 
-__all__ = ["BUILTIN", "BatchCount", "Task", "TASKS", "get_task", "register_task", "task_names"]
+__all__ = ["BUILTIN", "BatchCount", "Task", "TASKS", "get_task", "register_task", "selector", "task_names"]

@@ -1,0 +1,54 @@
+"""What the contrastive vision methods share beyond fmkit.tasks.vision: two augmented views of every image.
+
+Views are made in data-loader workers from the cached image array, seeded per (sample, view, step)
+(fmkit.vision.views), so a resumed run sees the views it would have seen. Held-out metrics use views of the
+held-out images drawn from the evaluation stream: the same views at every evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fmkit.config import POSITIVE, ranged
+from fmkit.errors import ConfigError
+from fmkit.tasks.base import BatchCount
+from fmkit.tasks.vision import VisionConfig, VisionTask
+from fmkit.vision.views import VIEW_PRESETS
+
+
+@dataclass
+class ContrastiveConfig(VisionConfig):
+    """Options shared by the contrastive vision methods."""
+
+    views: str = "simclr-fashion-mnist"
+    """Augmentation preset, one recipe per view (fmkit.vision.views.VIEW_PRESETS): simclr-fashion-mnist (28 px
+    grey), simclr-photos (small colour photographs), simclr-imagenet (224 px), byol-photos, byol-imagenet."""
+    projection_hidden: int = ranged(512, POSITIVE)
+    """Width of the projector's hidden layer."""
+    projection_dim: int = ranged(128, POSITIVE)
+    """Size of the vectors the loss compares (the projector's output); the backbone's features transfer."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.views not in VIEW_PRESETS:
+            raise ConfigError(f"views {self.views!r}: expected one of {', '.join(VIEW_PRESETS)}")
+
+
+class ContrastiveTask(VisionTask):
+    config: ContrastiveConfig
+    family = "contrastive method"
+
+    def make_batch(self, images: np.ndarray, rngs: list[np.random.Generator], training: bool) -> dict:
+        """{"views": [B, V, 3, image_size, image_size]}, normalised."""
+        from fmkit.vision.views import make_views
+
+        views = make_views(images, rngs, VIEW_PRESETS[self.config.views], self.config.image_size)
+        return {"views": torch.stack([self.normalize(view) for view in views], dim=1)}
+
+    def count(self, batch: dict) -> BatchCount:
+        """Every view is an anchor of the loss; samples/s counts images."""
+        images, views = batch["views"].shape[:2]
+        return BatchCount(items=images * views, samples=images)

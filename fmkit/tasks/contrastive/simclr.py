@@ -1,0 +1,61 @@
+"""SimCLR (Chen et al. 2020): two augmented views of each image find each other among the global batch's views.
+
+Projections are gathered from every process with their gradients (fmkit.losses.gather), so each view has
+2N - 2 negatives for a global batch of N images, whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fmkit.config import Range, ranged
+from fmkit.losses.gather import gather_with_grad
+from fmkit.losses.infonce import nt_xent_loss
+from fmkit.models.backbone import Backbone
+from fmkit.models.heads import projection_head
+from fmkit.tasks import register_task
+from fmkit.tasks.base import MAIN_STAGE
+from fmkit.tasks.contrastive.common import ContrastiveConfig, ContrastiveTask
+
+
+@dataclass
+class SimCLRConfig(ContrastiveConfig):
+    """SimCLR: NT-Xent over two views per image, an MLP projector, LARS or AdamW."""
+
+    temperature: float = ranged(0.5, Range(0, low_open=True))
+    """NT-Xent's temperature: lower weighs the hardest negatives more (SimCLR: 0.5 for CIFAR-sized batches,
+    0.1 at batch 4096)."""
+
+
+class SimCLRModel(nn.Module):
+    def __init__(self, backbone: Backbone, hidden: int, dim: int):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projection_head(backbone.vector_dim, hidden, dim)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(pixel_values))
+
+
+@register_task
+class SimCLR(ContrastiveTask):
+    name = "simclr"
+    config_class = SimCLRConfig
+    pipeline_note = "SimCLR: NT-Xent between two augmented views of each image, the other views as negatives"
+
+    def build_model(self, backbone: Backbone) -> SimCLRModel:
+        return SimCLRModel(backbone, self.config.projection_hidden, self.config.projection_dim)
+
+    def loss(self, model: nn.Module, batch: dict, stage: str = MAIN_STAGE) -> torch.Tensor:
+        """NT-Xent summed over this process's 2B views, against the 2N views of the global batch."""
+        views = batch["views"]
+        images = views.shape[0]
+        projections = model(views.transpose(0, 1).flatten(0, 1)).float()  # both views in one forward
+        first, second = projections[:images], projections[images:]
+        all_first, offset = gather_with_grad(first)
+        all_second, _ = gather_with_grad(second)
+        return nt_xent_loss(first, second, self.config.temperature, all_view1=all_first, all_view2=all_second,
+                            offset=offset, reduction="sum")  # fmt: skip
