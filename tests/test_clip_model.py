@@ -74,13 +74,14 @@ def test_two_cached_micro_batches_give_the_big_batch_gradients(loss):
     for parts in (1, 2):
         torch.manual_seed(0)
         model = build_clip_model(tiny(loss=loss))
-        contrastive = AccumulatedContrastiveLoss(loss_fn)
+        contrastive = AccumulatedContrastiveLoss(lambda im, tx, scale, bias: loss_fn(im, tx, scale, bias) * len(im))
         chunks = list(zip(pixels.chunk(parts), ids.chunk(parts), strict=True))
         with torch.no_grad():
             contrastive.begin([model(p, i)[:2] for p, i in chunks])
         value = 0.0
         for position, (p, i) in enumerate(chunks):
-            step_loss = contrastive(*model(p, i), position)
+            image, text, scale, bias = model(p, i)
+            step_loss = contrastive((image, text), (scale, bias), position)
             (step_loss / 16).backward()
             value += step_loss.item()
         gradients.append({n: p.grad for n, p in model.named_parameters()})

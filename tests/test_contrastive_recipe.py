@@ -51,6 +51,21 @@ def test_the_loss_sees_both_views_of_every_image_in_one_batch():
     assert task.loss(model, {"views": swapped}).item() != pytest.approx(expected.item())
 
 
+def test_accumulated_micro_batches_are_each_others_negatives(tmp_path):
+    """4 images x 2 micro-batches per step train as 8 images in one: every view meets the 14 other views of the
+    step (cached projections), not only the 6 of its micro-batch. A LayerNorm backbone (ConvNeXt): BatchNorm
+    statistics would differ between micro-batches of 4 and a batch of 8."""
+    convnext = ["--backbone_type", "convnext", "--backbone_config",
+                '{"hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2}',
+                "--max_steps", "3", "--log_every", "1", "--eval_every", "0", "--save_every", "0"]  # fmt: skip
+    whole, accumulated = tmp_path / "whole", tmp_path / "accumulated"
+    contrastive(whole, *DEBUG, *convnext, "--per_device_batch_size", "8")
+    contrastive(accumulated, *DEBUG, *convnext, "--per_device_batch_size", "4", "--gradient_accumulation_steps", "2")
+    one, two = train_losses(whole), train_losses(accumulated)
+    assert two[1] == pytest.approx(one[1], rel=1e-5)
+    assert two[3] == pytest.approx(one[3], rel=1e-4)  # the updates were the big batch's too
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

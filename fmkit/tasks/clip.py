@@ -125,7 +125,9 @@ class ClipTask(Task):
         else:
             loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world)
             self.held_out_loss_fn = ClipLoss()
-        self.contrastive = AccumulatedContrastiveLoss(loss_fn)
+        self.contrastive = AccumulatedContrastiveLoss(
+            lambda image, text, scale, bias: loss_fn(image, text, scale, bias) * image.shape[0]
+        )  # open_clip's losses are means over the local rows
         self.skipped: Counter = Counter()
         self.warned_small_held_out = False
         self.step_batches: list[dict] = []
@@ -216,7 +218,8 @@ class ClipTask(Task):
     def loss(self, model: nn.Module, batch: dict, stage: str = MAIN_STAGE) -> torch.Tensor:
         """The loss over the step's whole contrastive batch, as this micro-batch's share of it."""
         position = next(i for i, b in enumerate(self.step_batches) if b is batch)  # the loop passes the same dicts
-        return self.contrastive(*model(self.normalize(batch["pixel_values"]), batch["input_ids"]), position)
+        image, text, scale, bias = model(self.normalize(batch["pixel_values"]), batch["input_ids"])
+        return self.contrastive((image, text), (scale, bias), position)
 
     # -- evaluation --------------------------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, accelerator, step: int) -> dict[str, float]:
