@@ -366,7 +366,8 @@ class Trainer:
 
 
 def refuse_unsupported(task: Task, accelerator) -> None:
-    """The one check of a task's declared distribution support (`Task.supports`), before any work starts."""
+    """The one check of what the distribution backend cannot run, the task's declared support (`Task.supports`)
+    and the optimizer, before any work starts."""
     supports, kind = task.supports(), accelerator.distributed_type
     backend = None
     if kind == DistributedType.DEEPSPEED:
