@@ -72,6 +72,9 @@ class MomentumConfig(ContrastiveConfig):
     0.996 / 0.99 for ImageNet runs; 0.99 suits small data and short runs)."""
     predictor_hidden: int = ranged(512, Range(1))
     """Width of the predictor's hidden layer (BYOL, MoCo v3)."""
+    head_batch_norm: bool = False
+    """BatchNorm in the hidden layer of the projector and predictor, as BYOL and MoCo v3 have it (its statistics
+    are per process under DDP, as a BatchNorm backbone's are)."""
 
 
 class MomentumTask(ContrastiveTask):
@@ -81,8 +84,9 @@ class MomentumTask(ContrastiveTask):
 
     def online_network(self, backbone: Backbone, predictor: bool) -> OnlineNetwork:
         config = self.config
-        head = projection_head(backbone.vector_dim, config.projection_hidden, config.projection_dim)
-        tail = projection_head(config.projection_dim, config.predictor_hidden, config.projection_dim)
+        dim, norm = config.projection_dim, config.head_batch_norm
+        head = projection_head(backbone.vector_dim, config.projection_hidden, dim, batch_norm=norm)
+        tail = projection_head(dim, config.predictor_hidden, dim, batch_norm=norm)
         return OnlineNetwork(backbone, head, tail if predictor else None)
 
     def setup(self, accelerator) -> nn.Module:
