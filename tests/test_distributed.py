@@ -99,6 +99,9 @@ def two_processes(tmp_path_factory, text_files, initial_model, initial_backbone)
             "mlm": mlm,
             "inpainting": TwoProcessRun("pretext.py", pretext_args("inpainting", None, 8)),
             "simclr": TwoProcessRun("contrastive.py", pretext_args("simclr", None, 8)),
+            "moco": TwoProcessRun("contrastive.py", pretext_args("moco", None, 8)),
+            "moco-v3": TwoProcessRun("contrastive.py", pretext_args("moco-v3", None, 8)),
+            "byol": TwoProcessRun("contrastive.py", pretext_args("byol", None, 8)),
             "clm": TwoProcessRun("clm.py", [*clm_args(text_files), "--per_device_batch_size", "8"]),
             "clip": TwoProcessRun("clip.py", contrastive_args("clip", per_device=8, accumulation=1)),
         },
@@ -162,9 +165,15 @@ VISION_RUNS = {
     "inpainting": ["--task", "inpainting", "--adversarial_weight", "0.01"],  # two stages, two optimizers
     # Projections gathered with gradients: every view meets the 2N - 2 negatives of the global batch.
     "simclr": ["--method", "simclr"],
+    # Keys gathered from every rank before they are enqueued: a queue of 2 steps' keys, wrapping from step 2 on.
+    "moco": ["--method", "moco", "--queue_size", "32"],
+    "moco-v3": ["--method", "moco", "--moco_version", "3"],  # the global batch's keys as negatives
+    # The target network is a momentum copy on every rank; the demo's BatchNorm heads would have per-rank statistics.
+    "byol": ["--method", "byol", "--head_batch_norm", "false"],
 }
 """The vision runs compared (the pretext and contrastive recipes), by task."""
-VISION_RECIPES = {"simclr": "contrastive.py"}
+VISION_RECIPES = {"simclr": "contrastive.py", "moco": "contrastive.py", "moco-v3": "contrastive.py",
+                  "byol": "contrastive.py"}  # fmt: skip
 
 
 def pretext_args(task: str, out: Path | None, per_device_batch: int, steps: int = 6) -> list[str]:
@@ -190,7 +199,8 @@ def initial_backbone(tmp_path_factory):
 @pytest.mark.parametrize(
     ("task", "config"),
     [("rotation", "deepspeed_zero2.yaml"), ("rotation", "deepspeed_zero3.yaml"), ("inpainting", "ddp.yaml"),
-     ("simclr", "ddp.yaml"), ("simclr", "deepspeed_zero2.yaml")],
+     ("simclr", "ddp.yaml"), ("simclr", "deepspeed_zero2.yaml"), ("moco", "ddp.yaml"), ("moco-v3", "ddp.yaml"),
+     ("byol", "ddp.yaml")],
 )  # fmt: skip
 def test_vision_two_processes_match_one(tmp_path, initial_backbone, two_processes, task, config):
     one = tmp_path / "one"
@@ -204,7 +214,8 @@ def test_vision_two_processes_match_one(tmp_path, initial_backbone, two_processe
         assert step_metric(two, name)[6] == pytest.approx(step_metric(one, name)[6], rel=1e-3), name
     final_one, final_two = read_metrics(one)[-1], read_metrics(two)[-1]
     # Probe features are computed in shards and gathered; two processes leave out one odd image per split.
-    for name in ("linear_probe_accuracy", "linear_probe_accuracy_random_backbone", "knn_accuracy"):
+    momentum_encoder = [name for name in final_one if name.startswith("knn_accuracy_") and "random" not in name]
+    for name in ("linear_probe_accuracy", "linear_probe_accuracy_random_backbone", "knn_accuracy", *momentum_encoder):
         assert final_two[name] == pytest.approx(final_one[name], abs=0.01), name
 
 

@@ -54,6 +54,9 @@ class PatchDiscriminator(nn.Module):
         return self.net(images).flatten(1).mean(1)
 
 
-def projection_head(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
-    """SimCLR's projector g(h): the loss is taken on g's output, and the features before it transfer better."""
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features))
+def projection_head(in_features: int, hidden: int, out_features: int, batch_norm: bool = False) -> nn.Sequential:
+    """SimCLR's projector g(h): the loss is taken on g's output, and the features before it transfer better.
+
+    BYOL's and MoCo v3's projectors and predictors normalise the hidden layer with BatchNorm (`batch_norm`)."""
+    norm = [nn.BatchNorm1d(hidden)] if batch_norm else []
+    return nn.Sequential(nn.Linear(in_features, hidden), *norm, nn.ReLU(inplace=True), nn.Linear(hidden, out_features))

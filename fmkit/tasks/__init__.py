@@ -32,6 +32,8 @@ BUILTIN: dict[str, Entry] = {
         for name in ("rotation", "jigsaw", "context", "colorization", "superres", "inpainting", "mim")
     },
     "simclr": Entry("contrastive", "fmkit.tasks.contrastive.simclr"),
+    "moco": Entry("contrastive", "fmkit.tasks.contrastive.moco"),
+    "byol": Entry("contrastive", "fmkit.tasks.contrastive.byol"),
 }
 """Built-in tasks in the order recipes list them (the first of a recipe is its default)."""
 

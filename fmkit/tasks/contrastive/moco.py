@@ -1,0 +1,144 @@
+"""MoCo (He et al. 2020; v2: Chen et al. 2020; v3: Chen, Xie and He 2021): queries find their key, encoded by a
+momentum copy of the query encoder (fmkit.tasks.contrastive.momentum).
+
+v2: the first view's query against the second view's key and a queue of earlier keys (the negatives). Each
+step's keys are gathered from every process before they are enqueued, so every process holds the same queue;
+the queue then has to take a whole number of steps' keys. v3: no queue, a predictor on the query side, and a
+symmetric loss whose negatives are the other keys of the global batch (gathered without gradients).
+
+Shuffle-BN is not implemented: with a BatchNorm backbone under DDP, each process's batch statistics are its own
+(and can leak which key is the positive); LayerNorm backbones (ConvNeXt, ViT) have no such statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fmkit.config import POSITIVE, Range, ranged
+from fmkit.errors import ConfigError
+from fmkit.losses.gather import gather_with_grad
+from fmkit.losses.infonce import info_nce_loss
+from fmkit.models.backbone import Backbone
+from fmkit.tasks import register_task
+from fmkit.tasks.base import MAIN_STAGE, BatchCount
+from fmkit.tasks.contrastive.momentum import MomentumConfig, MomentumTask, OnlineNetwork
+
+
+@dataclass
+class MoCoConfig(MomentumConfig):
+    """MoCo: a momentum key encoder; v2 with a queue of negatives, v3 with in-batch negatives and a predictor."""
+
+    moco_version: Literal[2, 3] = 2
+    """2: a queue of negatives, one direction (view 1 queries, view 2 keys); 3: no queue, a predictor, both
+    directions, the global batch's other keys as negatives."""
+    temperature: float = ranged(0.2, Range(0, low_open=True))
+    """InfoNCE's temperature (MoCo v2 and v3: 0.2)."""
+    queue_size: int = ranged(4096, POSITIVE)
+    """v2's negatives: keys of the last queue_size / global-batch steps; a multiple of the keys enqueued per step
+    (per_device_batch_size x processes x gradient_accumulation_steps). MoCo v2 on ImageNet: 65536."""
+    export_encoder: Literal["online", "momentum"] = "online"
+    """Which backbone the export holds: the trained (query) encoder, or its momentum copy (the key encoder)."""
+
+
+@register_task
+class MoCo(MomentumTask):
+    name = "moco"
+    config_class = MoCoConfig
+    config: MoCoConfig
+    momentum_suffix = "_momentum"
+    pipeline_note = "MoCo: queries against keys from a momentum encoder (v2: and a queue of earlier keys)"
+
+    def build_model(self, backbone: Backbone) -> OnlineNetwork:
+        return self.online_network(backbone, predictor=self.config.moco_version == 3)
+
+    def setup(self, accelerator) -> nn.Module:
+        config = self.config
+        if config.moco_version == 2:
+            per_step = config.per_device_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+            if config.queue_size % per_step:
+                raise ConfigError(
+                    f"queue_size {config.queue_size} is not a multiple of the {per_step} keys enqueued per step "
+                    f"(per_device_batch_size {config.per_device_batch_size} x {accelerator.num_processes} processes"
+                    f" x gradient_accumulation_steps {config.gradient_accumulation_steps}); "
+                    f"choose a multiple of {per_step}"
+                )
+        model = super().setup(accelerator)
+        if config.moco_version == 2:
+            self.start_queue()
+        return model
+
+    def start_queue(self) -> None:
+        """Random unit vectors, the same on every process, until real keys replace them."""
+        config = self.config
+        generator = torch.Generator().manual_seed(config.seed)
+        queue = torch.randn(config.queue_size, config.projection_dim, generator=generator)
+        self.queue = F.normalize(queue, dim=1).to(self.device)
+        self.queue_position = 0
+        self.new_keys: list[torch.Tensor] = []
+        self.new_keys_step = -1
+
+    def count(self, batch: dict) -> BatchCount:
+        """v2 has one loss term per image (its first view's query); v3 one per view."""
+        images, views = batch["views"].shape[:2]
+        return BatchCount(items=images * (views if self.config.moco_version == 3 else 1), samples=images)
+
+    def loss(self, model: nn.Module, batch: dict, stage: str = MAIN_STAGE) -> torch.Tensor:
+        return self.contrast(model, batch, keep_keys=True)
+
+    def heldout_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        return {"loss": self.contrast(model, batch, keep_keys=False)}
+
+    def contrast(self, model: nn.Module, batch: dict, keep_keys: bool) -> torch.Tensor:
+        """InfoNCE summed over this process's queries; with `keep_keys`, the step's gathered keys await the queue."""
+        views = batch["views"]
+        config, images = self.config, views.shape[0]
+        if config.moco_version == 3:
+            both = views.transpose(0, 1).flatten(0, 1)  # both views in one forward
+            queries, keys = model(both).float(), self.momentum_projections(model, both)
+            all_first, offset = gather_with_grad(keys[:images])
+            all_second, _ = gather_with_grad(keys[images:])
+            first = info_nce_loss(queries[:images], all_second, config.temperature, offset=offset, reduction="sum")
+            return first + info_nce_loss(queries[images:], all_first, config.temperature, offset=offset,
+                                         reduction="sum")  # fmt: skip
+        queries = model(views[:, 0]).float()
+        keys = F.normalize(self.momentum_projections(model, views[:, 1]), dim=1)
+        loss = info_nce_loss(queries, keys, config.temperature, negatives=self.queue, in_batch_negatives=False,
+                             reduction="sum")  # fmt: skip
+        if keep_keys:
+            if self.new_keys_step != self.step:  # a step mixed precision skipped leaves keys that never count
+                self.new_keys, self.new_keys_step = [], self.step
+            self.new_keys.append(gather_with_grad(keys)[0])
+        return loss
+
+    def after_step(self, model: nn.Module, stage: str = MAIN_STAGE) -> None:
+        super().after_step(model, stage)
+        if self.config.moco_version == 2:
+            self.enqueue(torch.cat(self.new_keys))
+            self.new_keys = []
+
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Overwrite the oldest keys; the divisibility check in setup means a step's keys never straddle the end."""
+        self.queue[self.queue_position : self.queue_position + len(keys)] = keys
+        self.queue_position = (self.queue_position + len(keys)) % len(self.queue)
+
+    def state_dict(self) -> dict:
+        if self.config.moco_version == 3:
+            return super().state_dict()
+        return {**super().state_dict(), "queue": self.queue, "queue_position": self.queue_position}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.config.moco_version == 2:
+            self.queue.copy_(state["queue"])
+            self.queue_position = int(state["queue_position"])
+
+    def export(self, model: nn.Module, state_dict: dict, output_dir: Path) -> None:
+        if self.config.export_encoder == "momentum":
+            model, state_dict = self.momentum_encoder, self.momentum_encoder.state_dict()
+        super().export(model, state_dict, output_dir)
