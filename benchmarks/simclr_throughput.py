@@ -17,7 +17,8 @@ What differs: lightly's views come from PIL/torchvision's random transforms (tor
 jitter), fmkit's from its seeded per-sample float views; the plain AdamW decays every parameter and is
 torchvision's default (for-each) implementation, fmkit's decays matrices only and is fused. Images/s counts
 images (2 views each) over whole windows of `--log_every` steps, leaving out the first `--warmup_windows`;
-setup, evaluation and export are not timed.
+setup, evaluation and export are not timed. Repeat r trains both sides with seed `--seed` + r, so the kNN
+comparison spans as many seeds as repeats.
 
 lightly is not a dependency of fmkit: `pip install --no-deps --target DIR lightly lightning-utilities`, then
 PYTHONPATH=DIR.
@@ -57,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log_every", type=int, default=10, help="steps per timing window (fmkit's log window)")
     parser.add_argument("--warmup_windows", type=int, default=1, help="leading windows left out, both sides")
     parser.add_argument("--repeats", type=int, default=3, help="run both sides this many times (alternating)")
+    parser.add_argument("--seed", type=int, default=42, help="repeat r trains both sides with seed + r")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--probe_train_images", default="fashion-mnist:train:2000")
     parser.add_argument("--probe_test_images", default="fashion-mnist:test:1000")
@@ -66,9 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def shared_options(args: argparse.Namespace) -> list[str]:
-    """The preset's overrides both sides train with: length, fp32, threads and the probe set."""
+    """The preset's overrides both sides train with: length, seed, fp32, threads and the probe set."""
     return [
-        "--max_steps", str(args.steps), "--mixed_precision", "no", "--cpu_threads", str(args.threads),
+        "--max_steps", str(args.steps), "--seed", str(args.seed), "--mixed_precision", "no",
+        "--cpu_threads", str(args.threads),
         "--probe_train_images", args.probe_train_images, "--probe_test_images", args.probe_test_images,
     ]  # fmt: skip
 
@@ -127,7 +130,7 @@ def run_plain(args: argparse.Namespace) -> dict:
         command = [
             sys.executable, __file__, "--plain_worker", "--out", str(result), "--steps", str(args.steps),
             "--log_every", str(args.log_every), "--warmup_windows", str(args.warmup_windows),
-            "--threads", str(args.threads), "--probe_train_images", args.probe_train_images,
+            "--threads", str(args.threads), "--seed", str(args.seed), "--probe_train_images", args.probe_train_images,
             "--probe_test_images", args.probe_test_images,
         ]  # fmt: skip
         run_process(command, args, "lightly simclr loop")
@@ -165,6 +168,12 @@ class PILImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[index]))
 
 
+def epochs(loader: torch.utils.data.DataLoader):
+    """Batches epoch after epoch (a fresh shuffle each), as a user's `for epoch ...: for batch in loader`."""
+    while True:
+        yield from loader
+
+
 def plain_worker(args: argparse.Namespace) -> None:
     """Model and probe from the SimCLR task (trainer's seed order), then lightly's loop and the same probe."""
     from lightly.loss import NTXentLoss
@@ -184,7 +193,7 @@ def plain_worker(args: argparse.Namespace) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, args.steps)
     model.train()
-    step_ends, data_seconds, batches = [], [], iter(loader)
+    step_ends, data_seconds, batches = [], [], epochs(loader)
     for _ in range(args.steps):
         waited = time.perf_counter()
         first, second = next(batches)
@@ -208,7 +217,7 @@ def plain_worker(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------- report
 
 TABLE_HEADER = (
-    "| run | fmkit img/s | lightly img/s | fmkit / lightly | data wait fmkit / lightly | kNN fmkit / lightly "
+    "| run (seed) | fmkit img/s | lightly img/s | fmkit / lightly | data wait fmkit / lightly | kNN fmkit / lightly "
     "(random) | load after fmkit / lightly |\n|---|---|---|---|---|---|---|"
 )
 
@@ -216,7 +225,8 @@ TABLE_HEADER = (
 def table_row(run: dict) -> str:
     fmkit, plain = run["fmkit"], run["lightly"]
     cells = [
-        run["repeat"] + 1, f"{fmkit['images_per_s']:.1f}", f"{plain['images_per_s']:.1f}", f"{run['ratio']:.2f}x",
+        f"{run['repeat'] + 1} ({run['seed']})", f"{fmkit['images_per_s']:.1f}", f"{plain['images_per_s']:.1f}",
+        f"{run['ratio']:.2f}x",
         f"{fmkit['data_wait_fraction']:.1%} / {plain['data_wait_fraction']:.1%}",
         f"{fmkit['knn_accuracy']:.3f} / {plain['knn_accuracy']:.3f} ({fmkit['knn_accuracy_random_backbone']:.3f})",
         f"{fmkit['load_1min']:.1f} / {plain['load_1min']:.1f}",
@@ -236,9 +246,10 @@ def main(argv: list[str] | None = None) -> None:
     print(TABLE_HEADER, flush=True)
     runs = []
     for repeat in range(args.repeats):
-        fmkit = {**run_fmkit(args, batch_size), "load_1min": os.getloadavg()[0]}
-        plain = {**run_plain(args), "load_1min": os.getloadavg()[0]}
-        runs.append({"repeat": repeat, "fmkit": fmkit, "lightly": plain,
+        seeded = argparse.Namespace(**{**vars(args), "seed": args.seed + repeat})
+        fmkit = {**run_fmkit(seeded, batch_size), "load_1min": os.getloadavg()[0]}
+        plain = {**run_plain(seeded), "load_1min": os.getloadavg()[0]}
+        runs.append({"repeat": repeat, "seed": seeded.seed, "fmkit": fmkit, "lightly": plain,
                      "ratio": fmkit["images_per_s"] / plain["images_per_s"]})  # fmt: skip
         print(table_row(runs[-1]), flush=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "plain_worker")}
