@@ -1,30 +1,51 @@
-"""The contrastive recipe as a user runs it: exact resume of seeded views, one-line errors, and learning on
-Fashion-MNIST against the random backbone. (Two processes against one: tests/test_distributed.py; presets,
-2 steps and a fresh-process reload of the export: tests/test_registry.py.)"""
+"""The contrastive recipe as a user runs it. SimCLR: exact resume of seeded views, the loss, accumulation. MoCo and
+BYOL: the momentum encoder and queue against literal references, exact resume (also after SIGKILL), the exported
+encoder. Every method: one-line errors and learning on Fashion-MNIST against the random backbone. (Two processes
+against one: tests/test_distributed.py; presets, 2 steps and a fresh-process reload of the export:
+tests/test_registry.py.)"""
 
 from __future__ import annotations
 
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import FASHION_MNIST_CI_PROBE, RECIPES, assert_one_line_error, read_metrics, run_recipe, train_losses
+from safetensors.torch import load_file
+from torch import nn
 
+from fmkit.checkpoint import task_state_file
 from fmkit.data.fashion_mnist import INSTALL_HINT, fashion_mnist_installed
 from fmkit.losses.infonce import nt_xent_loss
+from fmkit.tasks import get_task
+from fmkit.tasks.contrastive.common import OnlineNetwork
+from fmkit.tasks.contrastive.momentum import cosine_momentum, ema_update, momentum_copy
 
-DEBUG = ["--config", str(RECIPES / "configs" / "contrastive" / "simclr.yaml"),
-         "--config", str(RECIPES / "configs" / "contrastive" / "debug.yaml")]  # fmt: skip
+CONFIGS = RECIPES / "configs" / "contrastive"
+
+
+def debug(method: str) -> list[str]:
+    return ["--method", method, "--config", str(CONFIGS / f"{method}.yaml"), "--config", str(CONFIGS / "debug.yaml")]
 
 
 def contrastive(out: Path, *args: str, check: bool = True):
     return run_recipe([*args, "--output_dir", str(out)], recipe="contrastive.py", check=check)
 
 
+# -- SimCLR ---------------------------------------------------------------------------------------------------
+
+
 def test_simclr_resumes_exactly(tmp_path):
     """Views are seeded per (sample, view, step): a resumed run sees the views, and logs the losses, of a
     straight one."""
-    args = [*DEBUG, "--max_steps", "6", "--log_every", "1", "--eval_every", "6", "--save_every", "3",
+    args = [*debug("simclr"), "--max_steps", "6", "--log_every", "1", "--eval_every", "6", "--save_every", "3",
             "--lr_scheduler", "constant", "--warmup_steps", "2"]  # fmt: skip
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     contrastive(straight, *args)
@@ -38,8 +59,6 @@ def test_simclr_resumes_exactly(tmp_path):
 
 def test_the_loss_sees_both_views_of_every_image_in_one_batch():
     """The task's loss is NT-Xent over the projections of the batch's two views, view 1 rows first."""
-    from fmkit.tasks import get_task
-
     task = get_task("simclr")(get_task("simclr").config_class(temperature=0.5))
     model = torch.nn.Linear(12, 4)
     views = torch.randn(5, 2, 12)
@@ -59,24 +78,203 @@ def test_accumulated_micro_batches_are_each_others_negatives(tmp_path):
                 '{"hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2}',
                 "--max_steps", "3", "--log_every", "1", "--eval_every", "0", "--save_every", "0"]  # fmt: skip
     whole, accumulated = tmp_path / "whole", tmp_path / "accumulated"
-    contrastive(whole, *DEBUG, *convnext, "--per_device_batch_size", "8")
-    contrastive(accumulated, *DEBUG, *convnext, "--per_device_batch_size", "4", "--gradient_accumulation_steps", "2")
+    contrastive(whole, *debug("simclr"), *convnext, "--per_device_batch_size", "8")
+    contrastive(
+        accumulated, *debug("simclr"), *convnext, "--per_device_batch_size", "4", "--gradient_accumulation_steps", "2"
+    )
     one, two = train_losses(whole), train_losses(accumulated)
     assert two[1] == pytest.approx(one[1], rel=1e-5)
     assert two[3] == pytest.approx(one[3], rel=1e-4)  # the updates were the big batch's too
 
 
+# -- MoCo and BYOL -------------------------------------------------------------------------------------------
+
+
+def tiny_online(predictor: bool) -> OnlineNetwork:
+    torch.manual_seed(0)
+    head = nn.Linear(6, 6) if predictor else None
+    return OnlineNetwork(nn.Sequential(nn.Linear(12, 8), nn.BatchNorm1d(8)), nn.Linear(8, 6), head)
+
+
+def test_momentum_schedule_rises_along_a_half_cosine_from_start_to_one():
+    assert cosine_momentum(0, 400, 0.99) == 0.99
+    assert cosine_momentum(400, 400, 0.99) == 1.0
+    assert cosine_momentum(200, 400, 0.99) == pytest.approx(0.995)
+    values = [cosine_momentum(step, 400, 0.99) for step in range(401)]
+    assert values == sorted(values)
+
+
+def test_ema_update_is_the_literal_average_of_each_parameter():
+    online = tiny_online(predictor=True)
+    target = momentum_copy(online)
+    assert isinstance(target.predictor, nn.Identity) and not any(p.requires_grad for p in target.parameters())
+    with torch.no_grad():
+        for parameter in online.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    before = {name: p.clone() for name, p in target.named_parameters()}
+    buffers = {name: b.clone() for name, b in target.named_buffers()}
+    ema_update(target, online, 0.9)
+    online_parameters = dict(online.named_parameters())
+    for name, parameter in target.named_parameters():
+        expected = 0.9 * before[name] + (1 - 0.9) * online_parameters[name]
+        torch.testing.assert_close(parameter, expected, rtol=1e-6, atol=1e-7, msg=name)
+        assert not torch.equal(parameter, before[name]), name
+    for name, buffer in target.named_buffers():  # batch statistics are the copy's own, not averaged
+        assert torch.equal(buffer, buffers[name]), name
+
+
+def moco_task(version: int, **options):
+    task = get_task("moco")(get_task("moco").config_class(moco_version=version, projection_dim=6, **options))
+    task.device, task.online = torch.device("cpu"), tiny_online(predictor=version == 3)
+    task.momentum_encoder = momentum_copy(task.online)
+    task.online.eval()  # batch statistics would couple the rows of the literal loops
+    task.momentum_encoder.eval()
+    return task
+
+
+def test_moco_v2_loss_is_the_literal_infonce_against_the_queue_and_the_queue_takes_each_steps_keys():
+    task = moco_task(2, queue_size=8, temperature=0.2, max_steps=10)
+    task.start_queue()
+    model, queue = task.online, task.queue.clone()
+    views = torch.randn(4, 2, 12)
+    expected = 0.0
+    for image in views:
+        query = F.normalize(model(image[:1])[0], dim=0)
+        key = F.normalize(task.momentum_encoder.project(image[1:])[0], dim=0)
+        logits = torch.cat([(query @ key).view(1), queue @ query]) / 0.2
+        expected -= logits[0] - torch.logsumexp(logits, dim=0)
+    assert task.count({"views": views}).items == 4  # one query per image
+    assert torch.allclose(task.loss(model, {"views": views}), expected, atol=1e-5)
+    keys = F.normalize(task.momentum_encoder.project(views[:, 1]), dim=1)
+    task.after_step(model)
+    assert torch.equal(task.queue[:4], keys) and torch.equal(task.queue[4:], queue[4:]) and task.queue_position == 4
+    task.step = 1
+    later = torch.randn(4, 2, 12)
+    task.loss(model, {"views": later})
+    keys_later = F.normalize(task.momentum_encoder.project(later[:, 1]), dim=1)
+    task.after_step(model)
+    assert torch.equal(task.queue[4:], keys_later) and task.queue_position == 0  # full: the next keys wrap
+    task.step = 2
+    task.loss(model, {"views": views})
+    task.after_step(model)
+    assert torch.equal(task.queue[4:], keys_later) and task.queue_position == 4
+
+
+def test_moco_v3_loss_is_symmetric_with_the_batchs_other_keys_as_negatives():
+    task = moco_task(3, temperature=0.2)
+    model, views = task.online, torch.randn(4, 2, 12)
+    expected = 0.0
+    for query_view, key_view in ((0, 1), (1, 0)):
+        queries = F.normalize(model(views[:, query_view]), dim=1)
+        keys = F.normalize(task.momentum_encoder.project(views[:, key_view]), dim=1)
+        for i in range(4):
+            logits = keys @ queries[i] / 0.2
+            expected -= logits[i] - torch.logsumexp(logits, dim=0)
+    assert task.count({"views": views}).items == 8
+    assert torch.allclose(task.loss(model, {"views": views}), expected, atol=1e-5)
+
+
+def test_byol_loss_is_two_minus_twice_the_cosine_with_the_targets_other_view():
+    task = get_task("byol")(get_task("byol").config_class(projection_dim=6))
+    online = tiny_online(predictor=True)
+    task.momentum_encoder = momentum_copy(online)
+    online.eval(), task.momentum_encoder.eval()
+    views = torch.randn(4, 2, 12)
+    predictions = [online(views[:, view]) for view in (0, 1)]
+    targets = [task.momentum_encoder.project(views[:, view]) for view in (0, 1)]
+    expected = sum(
+        2 - 2 * torch.dot(predictions[view][i], targets[1 - view][i]) / (
+            predictions[view][i].norm() * targets[1 - view][i].norm())
+        for view in (0, 1) for i in range(4)
+    )  # fmt: skip
+    loss = task.loss(online, {"views": views})
+    assert torch.allclose(loss, expected, atol=1e-5)
+    loss.backward()
+    assert all(p.grad is None for p in task.momentum_encoder.parameters())
+    assert online.predictor.weight.grad is not None
+
+
+RESUME = ["--max_steps", "6", "--log_every", "1", "--eval_every", "6", "--save_every", "3", "--lr_scheduler",
+          "constant", "--warmup_steps", "2", "--queue_size", "32"]  # fmt: skip
+"""Debug runs of 6 steps, saved every 3; a queue of 32 keys (4 steps of 8) wraps before step 6."""
+
+
+def task_state(out: Path, step: int) -> dict:
+    return torch.load(task_state_file(out / "checkpoints" / f"step_{step}", 0), weights_only=True)
+
+
+@pytest.mark.parametrize("method", ["moco", "byol"])
+def test_resumes_exactly_with_the_momentum_encoder_and_queue(tmp_path, method):
+    """Steps 4-6 resumed from a straight run's step-3 checkpoint: its losses, momentum encoder probes and saved task
+    state (momentum encoder weights, queue and its position), bit for bit. (Stopping a first run at max_steps 3
+    would change the momentum schedule, which spans max_steps.)"""
+    args = [*debug(method), *(RESUME if method == "moco" else RESUME[:-2]), "--save_total_limit", "2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    contrastive(straight, *args, *(["--export_encoder", "momentum"] if method == "moco" else []))
+    contrastive(resumed, *args, "--resume_from_checkpoint", str(straight / "checkpoints" / "step_3"))
+    assert sorted(train_losses(straight)) == [1, 2, 3, 4, 5, 6]
+    assert train_losses(resumed) == {step: train_losses(straight)[step] for step in (4, 5, 6)}
+    final = {m["step"]: m for m in read_metrics(straight) if "knn_accuracy" in m}[6]
+    assert {m["step"]: m for m in read_metrics(resumed) if "knn_accuracy" in m}[6] == final
+    suffix = "_momentum" if method == "moco" else "_target"
+    assert f"knn_accuracy{suffix}" in final and f"linear_probe_accuracy{suffix}" in final
+    one, other = task_state(straight, 6), task_state(resumed, 6)
+    assert one.keys() == other.keys() == ({"momentum_encoder", "queue", "queue_position"} if method == "moco"
+                                          else {"momentum_encoder"})  # fmt: skip
+    for name, tensor in one["momentum_encoder"].items():
+        assert torch.equal(tensor, other["momentum_encoder"][name]), name
+    if method == "moco":
+        assert torch.equal(one["queue"], other["queue"]) and one["queue_position"] == other["queue_position"] == 16
+        # --export_encoder momentum: the export is the momentum encoder's backbone, not the online one.
+        exported = load_file(straight / "model.safetensors")
+        prefix = "backbone.model."
+        momentum = {k[len(prefix) :]: v for k, v in one["momentum_encoder"].items() if k.startswith(prefix)}
+        assert exported.keys() == momentum.keys()
+        assert all(torch.equal(exported[k], momentum[k]) for k in exported)
+        online = load_file(resumed / "model.safetensors")
+        assert any(not torch.equal(online[k], momentum[k]) for k in online)
+
+
+def test_moco_resumes_exactly_after_sigkill(tmp_path):
+    """kill -9 past a checkpoint, then resume: the losses of a straight run (the queue and key encoder are saved
+    with every checkpoint, written atomically)."""
+    args = [*debug("moco"), *RESUME, "--max_steps", "12", "--save_every", "6", "--eval_every", "0"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    contrastive(straight, *args)
+    command = [sys.executable, str(RECIPES / "contrastive.py"), *args, "--output_dir", str(killed)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed / "checkpoints" / "step_6").is_dir():
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (killed / "checkpoints" / "step_6").is_dir(), "run ended before reaching the kill point"
+    contrastive(killed, *args, "--resume_from_checkpoint", "latest")
+    assert train_losses(killed) == train_losses(straight)
+    assert sorted(train_losses(killed)) == list(range(1, 13))
+
+
+# -- every method -----------------------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize(
-    ("args", "expected"),
+    ("method", "args", "expected"),
     [
-        (["--method", "nope"], "--method 'nope': expected one of simclr"),
-        (["--views", "cifar"], "views 'cifar': expected one of simclr-fashion-mnist"),
-        (["--temperature", "0"], "temperature"),
-        (["--image_size", "64"], "stored_size 36 is smaller than image_size 64"),
+        ("simclr", ["--method", "nope"], "--method 'nope': expected one of simclr"),
+        ("simclr", ["--views", "cifar"], "views 'cifar': expected one of simclr-fashion-mnist"),
+        ("simclr", ["--temperature", "0"], "temperature"),
+        ("simclr", ["--image_size", "64"], "stored_size 36 is smaller than image_size 64"),
+        ("moco", ["--queue_size", "100"],
+         "queue_size 100 is not a multiple of the 8 keys enqueued per step (per_device_batch"),
+        ("moco", ["--queue_size", "48", "--gradient_accumulation_steps", "4"],
+         "queue_size 48 is not a multiple of the 32"),
+        ("moco", ["--moco_version", "4"], "moco_version"),
+        ("moco", ["--momentum_start", "1"], "momentum_start"),
+        ("moco", ["--export_encoder", "key"], "export_encoder"),
     ],
-)
-def test_bad_input_is_one_line_error(tmp_path, args, expected):
-    result = contrastive(tmp_path / "run", *DEBUG, *args, check=False)
+)  # fmt: skip
+def test_bad_input_is_one_line_error(tmp_path, method, args, expected):
+    result = contrastive(tmp_path / "run", *debug(method), *args, check=False)
     assert_one_line_error(result, expected)
 
 
@@ -86,11 +284,24 @@ CI_SIZED = [*FASHION_MNIST_CI_PROBE, "--heldout_images", "128", "--eval_batches"
 
 
 @pytest.mark.skipif(not fashion_mnist_installed(), reason=f"Fashion-MNIST is not installed ({INSTALL_HINT})")
-def test_simclr_beats_its_random_backbone_on_fashion_mnist(tmp_path):
-    out = tmp_path / "simclr"
-    contrastive(out, *CI_SIZED, "--max_steps", "150")
+@pytest.mark.parametrize(
+    ("method", "knn_margin", "linear_margin"),
+    [
+        # Measured at 150 steps, 1 thread: kNN +7.3, linear +6.0 points; on 1,000 test images a point is 10.
+        ("simclr", 0.04, 0.03),
+        # Measured at 150 steps, 1 thread: kNN +5.8, linear +5.5 points.
+        ("moco", 0.04, 0.03),
+        # Measured: linear +3.1 but kNN -0.8 at 150 steps (BYOL's kNN rises late: +3.1 after the demo's 1,200
+        # steps, out of CI's reach), so only the linear probe is held to a margin here.
+        ("byol", None, 0.02),
+    ],
+)
+def test_beats_its_random_backbone_on_fashion_mnist(tmp_path, method, knn_margin, linear_margin):
+    out = tmp_path / method
+    contrastive(out, "--method", method, "--config", str(CONFIGS / f"{method}.yaml"), *CI_SIZED, "--max_steps", "150")
     final = read_metrics(out)[-1]
-    print("\nsimclr: " + ", ".join(f"{key} {value}" for key, value in sorted(final.items())))
-    # Measured: kNN +7.3, linear +6.0 points (1 thread); on 1,000 test images a point is 10 of them.
-    assert final["knn_accuracy"] >= final["knn_accuracy_random_backbone"] + 0.04, final
-    assert final["linear_probe_accuracy"] >= final["linear_probe_accuracy_random_backbone"] + 0.03, final
+    print(f"\n{method}: " + ", ".join(f"{key} {value}" for key, value in sorted(final.items())))
+    if knn_margin is not None:
+        assert final["knn_accuracy"] >= final["knn_accuracy_random_backbone"] + knn_margin, final
+    assert final["linear_probe_accuracy"] >= final["linear_probe_accuracy_random_backbone"] + linear_margin, final
+    assert math.isfinite(final["eval_loss"])

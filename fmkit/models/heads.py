@@ -13,7 +13,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 def classifier(in_features: int, num_classes: int, hidden: int = 512) -> nn.Sequential:
     """Two layers, as in the rotation and jigsaw papers' heads on top of the shared features."""
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+    return mlp_head(in_features, hidden, num_classes)
 
 
 class DenseDecoder(nn.Sequential):
@@ -54,8 +54,9 @@ class PatchDiscriminator(nn.Module):
         return self.net(images).flatten(1).mean(1)
 
 
-def projection_head(in_features: int, hidden: int, out_features: int, batch_norm: bool = False) -> nn.Sequential:
-    """SimCLR's projector g(h): the loss is taken on g's output, and the features before it transfer better.
+def mlp_head(in_features: int, hidden: int, out_features: int, batch_norm: bool = False) -> nn.Sequential:
+    """Linear, ReLU, linear: the pretext classifiers, and the contrastive projectors and predictors (SimCLR's g(h):
+    the loss is taken on its output, and the features before it transfer better).
 
     BYOL's and MoCo v3's projectors and predictors normalise the hidden layer with BatchNorm (`batch_norm`)."""
     norm = [nn.BatchNorm1d(hidden)] if batch_norm else []

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from fmkit.config import POSITIVE, ranged
 from fmkit.errors import ConfigError
+from fmkit.models.backbone import Backbone
 from fmkit.tasks.base import BatchCount
 from fmkit.tasks.vision import VisionConfig, VisionTask
 from fmkit.vision.views import VIEW_PRESETS
@@ -35,6 +37,23 @@ class ContrastiveConfig(VisionConfig):
         super().validate()
         if self.views not in VIEW_PRESETS:
             raise ConfigError(f"views {self.views!r}: expected one of {', '.join(VIEW_PRESETS)}")
+
+
+class OnlineNetwork(nn.Module):
+    """Backbone, projector and (MoCo v3, BYOL) a predictor: the trained module of every contrastive method (the
+    momentum copy of MoCo and BYOL is the same without the predictor)."""
+
+    def __init__(self, backbone: Backbone, projector: nn.Module, predictor: nn.Module | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector
+        self.predictor = predictor or nn.Identity()
+
+    def project(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(pixel_values))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.predictor(self.project(pixel_values))
 
 
 class ContrastiveTask(VisionTask):

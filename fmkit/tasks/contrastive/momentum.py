@@ -22,9 +22,9 @@ from torch import nn
 
 from fmkit.config import Range, ranged
 from fmkit.models.backbone import Backbone
-from fmkit.models.heads import projection_head
+from fmkit.models.heads import mlp_head
 from fmkit.tasks.base import MAIN_STAGE, Supports
-from fmkit.tasks.contrastive.common import ContrastiveConfig, ContrastiveTask
+from fmkit.tasks.contrastive.common import ContrastiveConfig, ContrastiveTask, OnlineNetwork
 
 
 def cosine_momentum(step: int, max_steps: int, start: float) -> float:
@@ -38,22 +38,6 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     online_parameters = dict(online.named_parameters())
     for name, parameter in target.named_parameters():
         parameter.mul_(momentum).add_(online_parameters[name].detach().to(parameter.dtype), alpha=1 - momentum)
-
-
-class OnlineNetwork(nn.Module):
-    """Backbone, projector and (MoCo v3, BYOL) a predictor; the momentum copy is the same without the predictor."""
-
-    def __init__(self, backbone: Backbone, projector: nn.Module, predictor: nn.Module | None = None):
-        super().__init__()
-        self.backbone = backbone
-        self.projector = projector
-        self.predictor = predictor or nn.Identity()
-
-    def project(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.backbone(pixel_values))
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.predictor(self.project(pixel_values))
 
 
 def momentum_copy(online: OnlineNetwork) -> OnlineNetwork:
@@ -85,8 +69,8 @@ class MomentumTask(ContrastiveTask):
     def online_network(self, backbone: Backbone, predictor: bool) -> OnlineNetwork:
         config = self.config
         dim, norm = config.projection_dim, config.head_batch_norm
-        head = projection_head(backbone.vector_dim, config.projection_hidden, dim, batch_norm=norm)
-        tail = projection_head(dim, config.predictor_hidden, dim, batch_norm=norm)
+        head = mlp_head(backbone.vector_dim, config.projection_hidden, dim, batch_norm=norm)
+        tail = mlp_head(dim, config.predictor_hidden, dim, batch_norm=norm)
         return OnlineNetwork(backbone, head, tail if predictor else None)
 
     def setup(self, accelerator) -> nn.Module:

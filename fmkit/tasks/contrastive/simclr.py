@@ -17,10 +17,10 @@ from fmkit.losses.contrastive import AccumulatedContrastiveLoss
 from fmkit.losses.gather import gather_with_grad
 from fmkit.losses.infonce import nt_xent_loss
 from fmkit.models.backbone import Backbone
-from fmkit.models.heads import projection_head
+from fmkit.models.heads import mlp_head
 from fmkit.tasks import register_task
 from fmkit.tasks.base import MAIN_STAGE
-from fmkit.tasks.contrastive.common import ContrastiveConfig, ContrastiveTask
+from fmkit.tasks.contrastive.common import ContrastiveConfig, ContrastiveTask, OnlineNetwork
 
 
 @dataclass
@@ -30,16 +30,6 @@ class SimCLRConfig(ContrastiveConfig):
     temperature: float = ranged(0.5, Range(0, low_open=True))
     """NT-Xent's temperature: lower weighs the hardest negatives more (SimCLR: 0.5 for CIFAR-sized batches,
     0.1 at batch 4096)."""
-
-
-class SimCLRModel(nn.Module):
-    def __init__(self, backbone: Backbone, hidden: int, dim: int):
-        super().__init__()
-        self.backbone = backbone
-        self.projector = projection_head(backbone.vector_dim, hidden, dim)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.backbone(pixel_values))
 
 
 @register_task
@@ -53,8 +43,9 @@ class SimCLR(ContrastiveTask):
         self.contrastive = AccumulatedContrastiveLoss(self._global_nt_xent)
         self.step_batches: list[dict] = []
 
-    def build_model(self, backbone: Backbone) -> SimCLRModel:
-        return SimCLRModel(backbone, self.config.projection_hidden, self.config.projection_dim)
+    def build_model(self, backbone: Backbone) -> OnlineNetwork:
+        config = self.config
+        return OnlineNetwork(backbone, mlp_head(backbone.vector_dim, config.projection_hidden, config.projection_dim))
 
     def begin_step(self, model: nn.Module, micro_batches: list[dict], stage: str = MAIN_STAGE) -> None:
         """With accumulation, cache every micro-batch's projections: they are each other's negatives."""
