@@ -6,6 +6,7 @@ it with plain transformers.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,7 @@ def train_tokenizer(
     else:
         raise ConfigError(f"tokenizer_type {kind!r}: expected wordpiece, bpe or unigram")
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer = _numbered_reproducibly(tokenizer, len(special_list))
     if specials.cls and specials.sep:
         tokenizer.post_processor = processors.TemplateProcessing(
             single=f"{specials.cls} $A {specials.sep}",
@@ -100,6 +102,19 @@ def train_tokenizer(
             special_tokens=[(t, tokenizer.token_to_id(t)) for t in (specials.cls, specials.sep)],
         )
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **specials.as_kwargs())
+
+
+def _numbered_reproducibly(tokenizer: Tokenizer, specials: int) -> Tokenizer:
+    """`tokenizers` numbers a trained WordPiece vocabulary in hash-map order, which changes from one training to
+    the next: the same corpus must give the same ids, or two runs of one recipe and seed train different models.
+    The specials keep the first ids. BPE is reproducible already; Unigram is not, and cannot be made so here
+    (its piece scores themselves vary in the last digits between trainings)."""
+    state = json.loads(tokenizer.to_str())
+    vocab = state["model"]["vocab"]
+    if state["model"]["type"] == "WordPiece":
+        tokens = sorted(vocab, key=vocab.get)
+        state["model"]["vocab"] = {token: i for i, token in enumerate(tokens[:specials] + sorted(tokens[specials:]))}
+    return Tokenizer.from_str(json.dumps(state))
 
 
 def cached_trained_tokenizer(
