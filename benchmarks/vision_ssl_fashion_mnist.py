@@ -1,17 +1,19 @@
-"""The seven vision pretext demos on Fashion-MNIST, over several seeds: does each beat its random backbone?
+"""The vision SSL demos on Fashion-MNIST, over several seeds: does each beat its random backbone?
 
-Each run is `python recipes/pretext.py --task TASK --seed S` as a user runs it (the demo preset, nothing else
-changed), in its own process. From the final evaluation it keeps the probes (linear, kNN, few-shot) of the
-trained and of the random backbone and the task's own metric beside its baseline, then prints mean +- spread
-(half the range) per task, as a Markdown table and as JSON.
+Each run is a demo as a user runs it, in its own process, with only the seed changed: `python
+recipes/pretext.py --task TASK --seed S` for the seven pretext tasks, `python recipes/contrastive.py --method
+METHOD --seed S` for the contrastive ones (moco-v3 adds `--moco_version 3`). From the final evaluation it
+keeps the probes (linear, kNN, few-shot) of the trained and of the random backbone and the task's own metric
+beside its baseline, then prints mean +- spread (half the range) per task, as a Markdown table and as JSON.
 
-    python benchmarks/pretext_fashion_mnist.py --tasks rotation context --seeds 0 1 2 --out pretext_fm.json
+    python benchmarks/vision_ssl_fashion_mnist.py --tasks rotation simclr --seeds 0 1 2 --out ssl_fm.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -19,7 +21,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = ("rotation", "jigsaw", "context", "colorization", "superres", "inpainting", "mim")
+PRETEXT = ("rotation", "jigsaw", "context", "colorization", "superres", "inpainting", "mim")
+CONTRASTIVE = {"simclr": [], "moco": [], "moco-v3": ["--moco_version", "3"], "byol": []}
+"""Each contrastive demo's method preset, with the flags that make it this row."""
+TASKS = (*PRETEXT, *CONTRASTIVE)
 PROBES = ("linear_probe_accuracy", "knn_accuracy", "few_shot_accuracy")
 TASK_METRICS = {
     "rotation": ("eval_accuracy", None),
@@ -29,14 +34,20 @@ TASK_METRICS = {
     "superres": ("eval_psnr", "eval_psnr_bicubic"),
     "inpainting": ("eval_psnr", "eval_psnr_degraded_input"),
     "mim": ("eval_psnr", "eval_psnr_mean_patch"),
+    **dict.fromkeys(CONTRASTIVE, ("eval_loss", None)),
 }
-"""The task's own held-out metric and the trivial baseline logged beside it (None: chance is the baseline)."""
+"""The task's own held-out metric and the trivial baseline logged beside it (None: chance is the baseline; the
+contrastive losses have none worth printing)."""
 
 
-def run(task: str, seed: int, threads: int, out: Path) -> dict[str, float]:
+def run(task: str, seed: int, threads: int, out: Path, flags: list[str]) -> dict[str, float]:
     """The final evaluation of one demo run, plus its wall time."""
-    command = [sys.executable, str(REPO / "recipes" / "pretext.py"), "--task", task, "--seed", str(seed),
-               "--output_dir", str(out), "--report_to", "none", "--cpu_threads", str(threads)]  # fmt: skip
+    if task in CONTRASTIVE:
+        demo = ["contrastive.py", "--method", task.split("-")[0], *CONTRASTIVE[task]]
+    else:
+        demo = ["pretext.py", "--task", task]
+    command = [sys.executable, str(REPO / "recipes" / demo[0]), *demo[1:], "--seed", str(seed),
+               "--output_dir", str(out), "--report_to", "none", "--cpu_threads", str(threads), *flags]  # fmt: skip
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
@@ -74,13 +85,14 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run (runs go one at a time)")
+    parser.add_argument("--flags", type=shlex.split, default=[], help='more recipe flags, e.g. "--max_steps 1600"')
     parser.add_argument("--out", type=Path, help="also write every run's final metrics here as JSON")
     args = parser.parse_args()
     results: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for task in args.tasks:
             for seed in args.seeds:
-                final = run(task, seed, args.threads, Path(scratch) / f"{task}-{seed}")
+                final = run(task, seed, args.threads, Path(scratch) / f"{task}-{seed}", args.flags)
                 results.setdefault(task, []).append(final)
                 print(f"{task} seed {seed}: {final['wall_s']:.0f} s, " + ", ".join(
                     f"{p} {final[p]:.4f} (random {final[p + '_random_backbone']:.4f})" for p in PROBES
