@@ -26,6 +26,7 @@ from fmkit.data.fashion_mnist import INSTALL_HINT, fashion_mnist_installed
 from fmkit.losses.infonce import nt_xent_loss
 from fmkit.tasks import get_task
 from fmkit.tasks.contrastive.common import OnlineNetwork
+from fmkit.tasks.contrastive.moco import key_permutation, shuffled_batch_forward
 from fmkit.tasks.contrastive.momentum import cosine_momentum, ema_update, momentum_copy
 
 CONFIGS = RECIPES / "configs" / "contrastive"
@@ -158,6 +159,25 @@ def test_moco_v2_loss_is_the_literal_infonce_against_the_queue_and_the_queue_tak
     task.loss(model, {"views": views})
     task.after_step(model)
     assert torch.equal(task.queue[4:], keys_later) and task.queue_position == 4
+
+
+def test_shuffle_bn_encodes_the_dealt_rows_and_returns_each_rows_own_key():
+    """Shuffle-BN's dealing and gathering back, in one process with an explicit permutation (not its own inverse,
+    so a wrong way back shows): the encoder sees the rows permuted, and row i's output is row i's encoding. (Two
+    processes: tests/test_distributed.py.)"""
+    rows = torch.arange(12.0).view(6, 2)
+    permutation = torch.tensor([2, 0, 5, 1, 3, 4])
+    seen = []
+
+    def encode(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(batch)
+        return batch * 10 + 1
+
+    assert torch.equal(shuffled_batch_forward(encode, rows, permutation), rows * 10 + 1)
+    assert len(seen) == 1 and torch.equal(seen[0], rows[permutation])
+    assert torch.equal(key_permutation(0, 3, 16), key_permutation(0, 3, 16))  # every process deals alike
+    assert sorted(key_permutation(0, 3, 16).tolist()) == list(range(16))
+    assert not torch.equal(key_permutation(0, 3, 16), key_permutation(0, 4, 16))  # a new deal every step
 
 
 def test_moco_v3_loss_is_symmetric_with_the_batchs_other_keys_as_negatives():
