@@ -17,12 +17,21 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FASHION_MNIST_CI_PROBE, RECIPES, assert_one_line_error, read_metrics, run_recipe, train_losses
+from conftest import (
+    FASHION_MNIST_CI_PROBE,
+    RECIPES,
+    assert_one_line_error,
+    read_metrics,
+    run_recipe,
+    task_of_run,
+    train_losses,
+)
 from safetensors.torch import load_file
 from torch import nn
 
 from fmkit.checkpoint import task_state_file
 from fmkit.data.fashion_mnist import INSTALL_HINT, fashion_mnist_installed
+from fmkit.data.loader import Sharding
 from fmkit.losses.infonce import nt_xent_loss
 from fmkit.tasks import get_task
 from fmkit.tasks.contrastive.common import OnlineNetwork
@@ -253,6 +262,28 @@ def test_resumes_exactly_with_the_momentum_encoder_and_queue(tmp_path, method):
         assert all(torch.equal(exported[k], momentum[k]) for k in exported)
         online = load_file(resumed / "model.safetensors")
         assert any(not torch.equal(online[k], momentum[k]) for k in online)
+
+
+def test_moco_enqueues_every_micro_batchs_keys_once_per_step_under_accumulation(tmp_path):
+    """2 micro-batches of 4 per step, evaluated after every step, a queue of 16 that wraps at step 2: after each
+    step the queue's next 8 rows are that step's keys, micro-batch by micro-batch, recomputed here with the
+    momentum encoder the step used (the initial one, then each checkpoint's); nothing from the held-out loss."""
+    out = tmp_path / "run"
+    contrastive(out, *debug("moco"), "--per_device_batch_size", "4", "--gradient_accumulation_steps", "2",
+                "--queue_size", "16", "--max_steps", "3", "--save_every", "1", "--save_total_limit", "3",
+                "--eval_every", "1")  # fmt: skip
+    task = task_of_run(out, get_task("moco"))
+    batches = task.train_batches(0, Sharding(0, 1))
+    encoder = task.momentum_encoder.train()  # train mode, as in training: each micro-batch is one BatchNorm batch
+    for step in range(3):
+        if step:
+            encoder.load_state_dict(task_state(out, step)["momentum_encoder"])
+        with torch.no_grad():
+            keys = torch.cat([F.normalize(encoder.project(next(batches)["views"][:, 1]), dim=1) for _ in range(2)])
+        state = task_state(out, step + 1)
+        start = step * 8 % 16
+        assert state["queue_position"] == (start + 8) % 16
+        torch.testing.assert_close(state["queue"][start : start + 8], keys, rtol=1e-4, atol=1e-5, msg=f"step {step}")
 
 
 def test_moco_resumes_exactly_after_sigkill(tmp_path):

@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 from conftest import (
     REPO,
     TINY_CLIP,
@@ -25,17 +23,16 @@ from conftest import (
     eval_losses,
     jsonl_texts,
     read_metrics,
-    reset_accelerate,
+    task_of_run,
     train_losses,
 )
 from conftest import run_recipe as run
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 from fmkit.checkpoint import task_state_file
-from fmkit.config import parse_config
 from fmkit.data.loader import Sharding
 from fmkit.data.tokenizer import BERT_SPECIALS, train_tokenizer
-from fmkit.tasks.contrastive.moco import MoCo, MoCoConfig, key_permutation
+from fmkit.tasks.contrastive.moco import MoCo, key_permutation
 
 CONFIGS = REPO / "recipes" / "accelerate_configs"
 
@@ -250,13 +247,8 @@ def test_moco_shuffle_bn_encodes_keys_in_a_shuffled_global_batch(two_processes):
     encoded as one train-mode batch, put back in order. Without shuffle-BN each process's own half is one batch."""
     shuffled, _ = two_processes("ddp.yaml", "moco-shuffle-bn")
     plain, _ = two_processes("ddp.yaml", "moco-no-shuffle-bn")
-    config = parse_config(MoCoConfig, ["--config", str(shuffled / "config.yaml")])
-    set_seed(config.seed)  # as the loop seeds before setup: the same initial weights
-    task = MoCo(config)
-    try:
-        task.setup(Accelerator(cpu=True))
-    finally:
-        reset_accelerate()
+    task = task_of_run(shuffled, MoCo)
+    config = task.config
     images = torch.cat([next(task.train_batches(0, Sharding(rank, 2)))["views"][:, 1] for rank in (0, 1)])
     permutation = key_permutation(config.seed, 0, len(images))
     encoder = task.momentum_encoder.train()
