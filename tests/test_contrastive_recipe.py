@@ -13,10 +13,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from accelerate.utils import DistributedType
 from conftest import (
     FASHION_MNIST_CI_PROBE,
     RECIPES,
@@ -32,11 +34,13 @@ from torch import nn
 from fmkit.checkpoint import task_state_file
 from fmkit.data.fashion_mnist import INSTALL_HINT, fashion_mnist_installed
 from fmkit.data.loader import Sharding
+from fmkit.errors import ConfigError
 from fmkit.losses.infonce import nt_xent_loss
 from fmkit.tasks import get_task
 from fmkit.tasks.contrastive.common import OnlineNetwork
 from fmkit.tasks.contrastive.moco import key_permutation, shuffled_batch_forward
 from fmkit.tasks.contrastive.momentum import cosine_momentum, ema_update, momentum_copy
+from fmkit.trainer import refuse_unsupported
 
 CONFIGS = RECIPES / "configs" / "contrastive"
 
@@ -303,6 +307,19 @@ def test_moco_resumes_exactly_after_sigkill(tmp_path):
     contrastive(killed, *args, "--resume_from_checkpoint", "latest")
     assert train_losses(killed) == train_losses(straight)
     assert sorted(train_losses(killed)) == list(range(1, 13))
+
+
+@pytest.mark.parametrize("method", ["moco", "byol"])
+def test_momentum_methods_refuse_fsdp_in_one_line(method):
+    """FSDP needs GPUs, so no accelerator on CPU is in FSDP mode; `refuse_unsupported` reads only the backend's kind
+    of one, given here, and raises the line a GPU run prints. SimCLR, with no momentum copy, is let through.
+    (ZeRO-3, refused in two real processes: tests/test_distributed.py.)"""
+    fsdp = SimpleNamespace(distributed_type=DistributedType.FSDP)
+    with pytest.raises(ConfigError) as refused:
+        refuse_unsupported(get_task(method)(get_task(method).config_class()), fsdp)
+    assert str(refused.value).startswith(f"task {method} cannot run under FSDP: its momentum encoder averages whole")
+    assert "\n" not in str(refused.value)
+    refuse_unsupported(get_task("simclr")(get_task("simclr").config_class()), fsdp)
 
 
 # -- every method -----------------------------------------------------------------------------------------------

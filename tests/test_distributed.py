@@ -132,6 +132,8 @@ def two_processes(tmp_path_factory, text_files, initial_model, initial_backbone)
         "deepspeed_zero3.yaml": {
             "mlm": mlm,
             "rotation": TwoProcessRun("pretext.py", [*pretext_args("rotation", None, 8), *zero3_start]),
+            "moco-refused": TwoProcessRun("contrastive.py", pretext_args("moco", None, 8)),
+            "byol-refused": TwoProcessRun("contrastive.py", pretext_args("byol", None, 8)),
         },
     }
     return Launches(tmp_path_factory.mktemp("two-processes"), runs)
@@ -266,15 +268,21 @@ def test_moco_shuffle_bn_encodes_keys_in_a_shuffled_global_batch(two_processes):
     assert not torch.allclose(keys, per_process, atol=1e-3)  # the shuffle changed the batch statistics
 
 
+MOMENTUM_REFUSED = "cannot run under DeepSpeed ZeRO-3: its momentum encoder averages whole parameters"
+
+
 @pytest.mark.parametrize(
-    ("name", "expected"),
+    ("config", "name", "expected"),
     [
-        ("inpainting-refused", "DeepSpeed runs one engine per model"),  # two optimizer stages
-        ("lars-refused", "--optimizer lars scales each parameter tensor's update by that tensor's norm"),
+        ("deepspeed_zero2.yaml", "inpainting-refused", "DeepSpeed runs one engine per model"),  # two optimizer stages
+        ("deepspeed_zero2.yaml", "lars-refused",
+         "--optimizer lars scales each parameter tensor's update by that tensor's norm"),
+        ("deepspeed_zero3.yaml", "moco-refused", f"task moco {MOMENTUM_REFUSED}"),  # ZeRO-3 would shard them
+        ("deepspeed_zero3.yaml", "byol-refused", f"task byol {MOMENTUM_REFUSED}"),
     ],
-)
-def test_what_deepspeed_cannot_run_is_refused_in_one_line(two_processes, name, expected):
-    _, result = two_processes("deepspeed_zero2.yaml", name)
+)  # fmt: skip
+def test_what_deepspeed_cannot_run_is_refused_in_one_line(two_processes, config, name, expected):
+    _, result = two_processes(config, name)
     assert result["returncode"] == 2
     error_lines = [line for line in result["stderr"].splitlines() if "error:" in line]
     assert len(error_lines) == 1 and expected in error_lines[0], result["stderr"][-2000:]
