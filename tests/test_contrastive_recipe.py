@@ -6,6 +6,7 @@ tests/test_registry.py.)"""
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -99,6 +100,25 @@ def test_accumulated_micro_batches_are_each_others_negatives(tmp_path):
     one, two = train_losses(whole), train_losses(accumulated)
     assert two[1] == pytest.approx(one[1], rel=1e-5)
     assert two[3] == pytest.approx(one[3], rel=1e-4)  # the updates were the big batch's too
+
+
+def test_feature_caching_leaves_batch_norm_statistics_to_the_gradient_forward():
+    """With accumulation, SimCLR runs each micro-batch twice in train mode (cached without gradients, then with):
+    BatchNorm's running mean, variance and batch count afterwards are those of one plain forward per micro-batch."""
+    task = get_task("simclr")(get_task("simclr").config_class())
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
+    plain = copy.deepcopy(model)
+    micro_batches = [{"views": torch.randn(4, 2, 12)} for _ in range(2)]
+    with torch.no_grad():
+        task.begin_step(model, micro_batches)
+    for batch in micro_batches:
+        task.loss(model, batch).backward()
+        plain(batch["views"].transpose(0, 1).flatten(0, 1))  # both views in one forward, as the task runs them
+    statistics = dict(model[1].named_buffers())
+    for name, expected in plain[1].named_buffers():
+        assert torch.equal(statistics[name], expected), name
+    assert statistics["num_batches_tracked"] == 2
 
 
 # -- MoCo and BYOL -------------------------------------------------------------------------------------------
