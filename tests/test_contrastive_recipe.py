@@ -289,13 +289,13 @@ def test_resumes_exactly_with_the_momentum_encoder_and_queue(tmp_path, method):
 
 
 def test_moco_enqueues_every_micro_batchs_keys_once_per_step_under_accumulation(tmp_path):
-    """2 micro-batches of 4 per step, evaluated after every step, a queue of 16 that wraps at step 2: after each
-    step the queue's next 8 rows are that step's keys, micro-batch by micro-batch, recomputed here with the
-    momentum encoder the step used (the initial one, then each checkpoint's); nothing from the held-out loss."""
+    """2 micro-batches of 4 per step, a queue of 16 that wraps at step 2: after each step the queue's next 8 rows
+    are that step's keys, micro-batch by micro-batch, recomputed here with the momentum encoder the step used (the
+    initial one, then each checkpoint's); nothing from the held-out loss of the evaluation before step 0."""
     out = tmp_path / "run"
     contrastive(out, *debug("moco"), "--per_device_batch_size", "4", "--gradient_accumulation_steps", "2",
                 "--queue_size", "16", "--max_steps", "3", "--save_every", "1", "--save_total_limit", "3",
-                "--eval_every", "1")  # fmt: skip
+                "--eval_every", "3")  # fmt: skip
     task = task_of_run(out, get_task("moco"))
     batches = task.train_batches(0, Sharding(0, 1))
     encoder = task.momentum_encoder.train()  # train mode, as in training: each micro-batch is one BatchNorm batch
