@@ -143,6 +143,24 @@ def reset_accelerate() -> None:
     GradientState._reset_state()
 
 
+def task_of_run(output_dir: Path, task_class):
+    """A finished run's task, set up here in one process as the run's loop set it up: the config it saved, seeded
+    as the loop seeds before setup, so the same data and initial weights (for references computed in a test)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from fmkit.config import parse_config
+
+    config = parse_config(task_class.config_class, ["--config", str(output_dir / "config.yaml")])
+    set_seed(config.seed)
+    task = task_class(config)
+    try:
+        task.setup(Accelerator(cpu=True))
+    finally:
+        reset_accelerate()
+    return task
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) -> None:
     """A refused run: exit status 2 and one `error:` line on stderr that contains `expected`, no traceback."""
     assert result.returncode == 2, result.stderr[-2000:]

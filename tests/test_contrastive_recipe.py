@@ -6,6 +6,7 @@ tests/test_registry.py.)"""
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -13,20 +14,34 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FASHION_MNIST_CI_PROBE, RECIPES, assert_one_line_error, read_metrics, run_recipe, train_losses
+from accelerate.utils import DistributedType
+from conftest import (
+    FASHION_MNIST_CI_PROBE,
+    RECIPES,
+    assert_one_line_error,
+    read_metrics,
+    run_recipe,
+    task_of_run,
+    train_losses,
+)
 from safetensors.torch import load_file
 from torch import nn
 
 from fmkit.checkpoint import task_state_file
 from fmkit.data.fashion_mnist import INSTALL_HINT, fashion_mnist_installed
+from fmkit.data.loader import Sharding
+from fmkit.errors import ConfigError
 from fmkit.losses.infonce import nt_xent_loss
 from fmkit.tasks import get_task
 from fmkit.tasks.contrastive.common import OnlineNetwork
+from fmkit.tasks.contrastive.moco import key_permutation, shuffled_batch_forward
 from fmkit.tasks.contrastive.momentum import cosine_momentum, ema_update, momentum_copy
+from fmkit.trainer import refuse_unsupported
 
 CONFIGS = RECIPES / "configs" / "contrastive"
 
@@ -85,6 +100,25 @@ def test_accumulated_micro_batches_are_each_others_negatives(tmp_path):
     one, two = train_losses(whole), train_losses(accumulated)
     assert two[1] == pytest.approx(one[1], rel=1e-5)
     assert two[3] == pytest.approx(one[3], rel=1e-4)  # the updates were the big batch's too
+
+
+def test_feature_caching_leaves_batch_norm_statistics_to_the_gradient_forward():
+    """With accumulation, SimCLR runs each micro-batch twice in train mode (cached without gradients, then with):
+    BatchNorm's running mean, variance and batch count afterwards are those of one plain forward per micro-batch."""
+    task = get_task("simclr")(get_task("simclr").config_class())
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
+    plain = copy.deepcopy(model)
+    micro_batches = [{"views": torch.randn(4, 2, 12)} for _ in range(2)]
+    with torch.no_grad():
+        task.begin_step(model, micro_batches)
+    for batch in micro_batches:
+        task.loss(model, batch).backward()
+        plain(batch["views"].transpose(0, 1).flatten(0, 1))  # both views in one forward, as the task runs them
+    statistics = dict(model[1].named_buffers())
+    for name, expected in plain[1].named_buffers():
+        assert torch.equal(statistics[name], expected), name
+    assert statistics["num_batches_tracked"] == 2
 
 
 # -- MoCo and BYOL -------------------------------------------------------------------------------------------
@@ -158,6 +192,25 @@ def test_moco_v2_loss_is_the_literal_infonce_against_the_queue_and_the_queue_tak
     task.loss(model, {"views": views})
     task.after_step(model)
     assert torch.equal(task.queue[4:], keys_later) and task.queue_position == 4
+
+
+def test_shuffle_bn_encodes_the_dealt_rows_and_returns_each_rows_own_key():
+    """Shuffle-BN's dealing and gathering back, in one process with an explicit permutation (not its own inverse,
+    so a wrong way back shows): the encoder sees the rows permuted, and row i's output is row i's encoding. (Two
+    processes: tests/test_distributed.py.)"""
+    rows = torch.arange(12.0).view(6, 2)
+    permutation = torch.tensor([2, 0, 5, 1, 3, 4])
+    seen = []
+
+    def encode(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(batch)
+        return batch * 10 + 1
+
+    assert torch.equal(shuffled_batch_forward(encode, rows, permutation), rows * 10 + 1)
+    assert len(seen) == 1 and torch.equal(seen[0], rows[permutation])
+    assert torch.equal(key_permutation(0, 3, 16), key_permutation(0, 3, 16))  # every process deals alike
+    assert sorted(key_permutation(0, 3, 16).tolist()) == list(range(16))
+    assert not torch.equal(key_permutation(0, 3, 16), key_permutation(0, 4, 16))  # a new deal every step
 
 
 def test_moco_v3_loss_is_symmetric_with_the_batchs_other_keys_as_negatives():
@@ -235,6 +288,28 @@ def test_resumes_exactly_with_the_momentum_encoder_and_queue(tmp_path, method):
         assert any(not torch.equal(online[k], momentum[k]) for k in online)
 
 
+def test_moco_enqueues_every_micro_batchs_keys_once_per_step_under_accumulation(tmp_path):
+    """2 micro-batches of 4 per step, a queue of 16 that wraps at step 2: after each step the queue's next 8 rows
+    are that step's keys, micro-batch by micro-batch, recomputed here with the momentum encoder the step used (the
+    initial one, then each checkpoint's); nothing from the held-out loss of the evaluation before step 0."""
+    out = tmp_path / "run"
+    contrastive(out, *debug("moco"), "--per_device_batch_size", "4", "--gradient_accumulation_steps", "2",
+                "--queue_size", "16", "--max_steps", "3", "--save_every", "1", "--save_total_limit", "3",
+                "--eval_every", "3")  # fmt: skip
+    task = task_of_run(out, get_task("moco"))
+    batches = task.train_batches(0, Sharding(0, 1))
+    encoder = task.momentum_encoder.train()  # train mode, as in training: each micro-batch is one BatchNorm batch
+    for step in range(3):
+        if step:
+            encoder.load_state_dict(task_state(out, step)["momentum_encoder"])
+        with torch.no_grad():
+            keys = torch.cat([F.normalize(encoder.project(next(batches)["views"][:, 1]), dim=1) for _ in range(2)])
+        state = task_state(out, step + 1)
+        start = step * 8 % 16
+        assert state["queue_position"] == (start + 8) % 16
+        torch.testing.assert_close(state["queue"][start : start + 8], keys, rtol=1e-4, atol=1e-5, msg=f"step {step}")
+
+
 def test_moco_resumes_exactly_after_sigkill(tmp_path):
     """kill -9 past a checkpoint, then resume: the losses of a straight run (the queue and key encoder are saved
     with every checkpoint, written atomically)."""
@@ -252,6 +327,19 @@ def test_moco_resumes_exactly_after_sigkill(tmp_path):
     contrastive(killed, *args, "--resume_from_checkpoint", "latest")
     assert train_losses(killed) == train_losses(straight)
     assert sorted(train_losses(killed)) == list(range(1, 13))
+
+
+@pytest.mark.parametrize("method", ["moco", "byol"])
+def test_momentum_methods_refuse_fsdp_in_one_line(method):
+    """FSDP needs GPUs, so no accelerator on CPU is in FSDP mode; `refuse_unsupported` reads only the backend's kind
+    of one, given here, and raises the line a GPU run prints. SimCLR, with no momentum copy, is let through.
+    (ZeRO-3, refused in two real processes: tests/test_distributed.py.)"""
+    fsdp = SimpleNamespace(distributed_type=DistributedType.FSDP)
+    with pytest.raises(ConfigError) as refused:
+        refuse_unsupported(get_task(method)(get_task(method).config_class()), fsdp)
+    assert str(refused.value).startswith(f"task {method} cannot run under FSDP: its momentum encoder averages whole")
+    assert "\n" not in str(refused.value)
+    refuse_unsupported(get_task("simclr")(get_task("simclr").config_class()), fsdp)
 
 
 # -- every method -----------------------------------------------------------------------------------------------

@@ -14,11 +14,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_CLIP, TINY_MODEL, TINY_TRAINING, eval_losses, jsonl_texts, read_metrics, train_losses
+import torch.nn.functional as F
+from conftest import (
+    REPO,
+    TINY_CLIP,
+    TINY_MODEL,
+    TINY_TRAINING,
+    eval_losses,
+    jsonl_texts,
+    read_metrics,
+    task_of_run,
+    train_losses,
+)
 from conftest import run_recipe as run
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
+from fmkit.checkpoint import task_state_file
+from fmkit.data.loader import Sharding
 from fmkit.data.tokenizer import BERT_SPECIALS, train_tokenizer
+from fmkit.tasks.contrastive.moco import MoCo, key_permutation
 
 CONFIGS = REPO / "recipes" / "accelerate_configs"
 
@@ -102,6 +116,8 @@ def two_processes(tmp_path_factory, text_files, initial_model, initial_backbone)
             "moco": TwoProcessRun("contrastive.py", pretext_args("moco", None, 8)),
             "moco-v3": TwoProcessRun("contrastive.py", pretext_args("moco-v3", None, 8)),
             "byol": TwoProcessRun("contrastive.py", pretext_args("byol", None, 8)),
+            "moco-shuffle-bn": TwoProcessRun("contrastive.py", SHUFFLE_BN),
+            "moco-no-shuffle-bn": TwoProcessRun("contrastive.py", [*SHUFFLE_BN, "--shuffle_bn", "false"]),
             "clm": TwoProcessRun("clm.py", [*clm_args(text_files), "--per_device_batch_size", "8"]),
             "clip": TwoProcessRun("clip.py", contrastive_args("clip", per_device=8, accumulation=1)),
         },
@@ -116,6 +132,8 @@ def two_processes(tmp_path_factory, text_files, initial_model, initial_backbone)
         "deepspeed_zero3.yaml": {
             "mlm": mlm,
             "rotation": TwoProcessRun("pretext.py", [*pretext_args("rotation", None, 8), *zero3_start]),
+            "moco-refused": TwoProcessRun("contrastive.py", pretext_args("moco", None, 8)),
+            "byol-refused": TwoProcessRun("contrastive.py", pretext_args("byol", None, 8)),
         },
     }
     return Launches(tmp_path_factory.mktemp("two-processes"), runs)
@@ -219,15 +237,52 @@ def test_vision_two_processes_match_one(tmp_path, initial_backbone, two_processe
         assert final_two[name] == pytest.approx(final_one[name], abs=0.01), name
 
 
+SHUFFLE_BN = [*pretext_args("moco", None, 8, steps=1), "--save_every", "1", "--backbone_type", "resnet",
+              "--backbone_config", json.dumps({"embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1],
+                                               "layer_type": "basic"})]  # fmt: skip
+"""One MoCo v2 step on a BatchNorm ResNet, checkpointed: the queue then holds the first step's 16 keys."""
+
+
+def test_moco_shuffle_bn_encodes_keys_in_a_shuffled_global_batch(two_processes):
+    """Both processes enqueue the keys of a reference computed here from the run's own config, initial momentum
+    encoder and views: the global batch's second views, dealt by the step's permutation into two halves, each half
+    encoded as one train-mode batch, put back in order. Without shuffle-BN each process's own half is one batch."""
+    shuffled, _ = two_processes("ddp.yaml", "moco-shuffle-bn")
+    plain, _ = two_processes("ddp.yaml", "moco-no-shuffle-bn")
+    task = task_of_run(shuffled, MoCo)
+    config = task.config
+    images = torch.cat([next(task.train_batches(0, Sharding(rank, 2)))["views"][:, 1] for rank in (0, 1)])
+    permutation = key_permutation(config.seed, 0, len(images))
+    encoder = task.momentum_encoder.train()
+    with torch.no_grad():
+        dealt = images[permutation]
+        keys = torch.empty(len(images), config.projection_dim)
+        keys[permutation] = torch.cat([encoder.project(dealt[:8]), encoder.project(dealt[8:])])
+        per_process = torch.cat([encoder.project(images[:8]), encoder.project(images[8:])])
+    keys, per_process = F.normalize(keys, dim=1), F.normalize(per_process, dim=1)
+    for rank in (0, 1):
+        queues = [torch.load(task_state_file(run / "checkpoints" / "step_1", rank), weights_only=True)["queue"]
+                  for run in (shuffled, plain)]  # fmt: skip
+        torch.testing.assert_close(queues[0][:16], keys, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(queues[1][:16], per_process, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(keys, per_process, atol=1e-3)  # the shuffle changed the batch statistics
+
+
+MOMENTUM_REFUSED = "cannot run under DeepSpeed ZeRO-3: its momentum encoder averages whole parameters"
+
+
 @pytest.mark.parametrize(
-    ("name", "expected"),
+    ("config", "name", "expected"),
     [
-        ("inpainting-refused", "DeepSpeed runs one engine per model"),  # two optimizer stages
-        ("lars-refused", "--optimizer lars scales each parameter tensor's update by that tensor's norm"),
+        ("deepspeed_zero2.yaml", "inpainting-refused", "DeepSpeed runs one engine per model"),  # two optimizer stages
+        ("deepspeed_zero2.yaml", "lars-refused",
+         "--optimizer lars scales each parameter tensor's update by that tensor's norm"),
+        ("deepspeed_zero3.yaml", "moco-refused", f"task moco {MOMENTUM_REFUSED}"),  # ZeRO-3 would shard them
+        ("deepspeed_zero3.yaml", "byol-refused", f"task byol {MOMENTUM_REFUSED}"),
     ],
-)
-def test_what_deepspeed_cannot_run_is_refused_in_one_line(two_processes, name, expected):
-    _, result = two_processes("deepspeed_zero2.yaml", name)
+)  # fmt: skip
+def test_what_deepspeed_cannot_run_is_refused_in_one_line(two_processes, config, name, expected):
+    _, result = two_processes(config, name)
     assert result["returncode"] == 2
     error_lines = [line for line in result["stderr"].splitlines() if "error:" in line]
     assert len(error_lines) == 1 and expected in error_lines[0], result["stderr"][-2000:]

@@ -13,12 +13,18 @@ import torch
 import torch.distributed as dist
 
 
+def world_size() -> int:
+    """The number of processes in the default group; 1 without one."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def gather_with_grad(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Every process's rows, concatenated in rank order, and where this process's rows start among them.
 
-    Every process must pass the same number of rows (the loop's batches are equal per process).
+    Every process must pass the same number of rows (the loop's batches are equal per process). Under
+    `torch.no_grad` it is a plain gather.
     """
-    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+    if world_size() == 1:
         return rows, 0
     from torch.distributed.nn.functional import all_gather
 

@@ -44,6 +44,7 @@ from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches
 from fmkit.errors import ConfigError, DataError
 from fmkit.eval.retrieval import recall_at_k, recall_at_k_chance, zero_shot_chance, zero_shot_hits
 from fmkit.losses.contrastive import AccumulatedContrastiveLoss
+from fmkit.models.batch_norm import running_statistics_kept
 from fmkit.models.clip import MAX_LOGIT_SCALE, ClipModel, ClipModelSpec, build_clip_model
 from fmkit.models.clip_export import export_clip
 from fmkit.models.clip_processor import clip_tokenizer
@@ -207,13 +208,15 @@ class ClipTask(Task):
         return (pixels.float() - self.mean) / self.std
 
     def begin_step(self, model: nn.Module, micro_batches: list[dict], stage: str = MAIN_STAGE) -> None:
-        """With accumulation, cache every micro-batch's features: they are each other's negatives."""
+        """With accumulation, cache every micro-batch's features: they are each other's negatives (a BatchNorm
+        tower's running statistics are left to the forward with gradients, as in SimCLR)."""
         self.step_batches = micro_batches
-        self.contrastive.begin(
-            [model(self.normalize(b["pixel_values"]), b["input_ids"])[:2] for b in micro_batches]
-            if len(micro_batches) > 1
-            else []
-        )
+        with running_statistics_kept(model):
+            self.contrastive.begin(
+                [model(self.normalize(b["pixel_values"]), b["input_ids"])[:2] for b in micro_batches]
+                if len(micro_batches) > 1
+                else []
+            )
 
     def loss(self, model: nn.Module, batch: dict, stage: str = MAIN_STAGE) -> torch.Tensor:
         """The loss over the step's whole contrastive batch, as this micro-batch's share of it."""

@@ -6,25 +6,35 @@ step's keys are gathered from every process before they are enqueued, so every p
 the queue then has to take a whole number of steps' keys. v3: no queue, a predictor on the query side, and a
 symmetric loss whose negatives are the other keys of the global batch (gathered without gradients).
 
-Shuffle-BN is not implemented: with a BatchNorm backbone under DDP, each process's batch statistics are its own
-(and can leak which key is the positive); LayerNorm backbones (ConvNeXt, ViT) have no such statistics.
+Shuffle-BN (He et al. 2020, sec. 3.3; `--shuffle_bn`, on by default): with BatchNorm in the key encoder and
+several processes, each process's queries and keys would be normalised by statistics of the same images, a
+signal of which key is the positive that the model can learn instead of the images. So in training the key
+encoder runs on a shuffled global batch: every process's key images are gathered, one permutation (the same on
+every process) deals them out, each process encodes its slice, and the keys are gathered back into their
+images' order. Queries are untouched. It changes nothing, and is skipped, with one process (a single batch
+holds every image, so there is nothing to shuffle across) or without BatchNorm (LayerNorm backbones such as
+ConvNeXt and ViT have no batch statistics).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fmkit.config import POSITIVE, Range, ranged
 from fmkit.errors import ConfigError
-from fmkit.losses.gather import gather_with_grad
+from fmkit.losses.gather import gather_with_grad, world_size
 from fmkit.losses.infonce import info_nce_loss
 from fmkit.models.backbone import Backbone
+from fmkit.models.batch_norm import batch_norm_layers
 from fmkit.tasks import register_task
 from fmkit.tasks.base import MAIN_STAGE, BatchCount
 from fmkit.tasks.contrastive.momentum import MomentumConfig, MomentumTask, OnlineNetwork
@@ -44,6 +54,28 @@ class MoCoConfig(MomentumConfig):
     (per_device_batch_size x processes x gradient_accumulation_steps). MoCo v2 on ImageNet: 65536."""
     export_encoder: Literal["online", "momentum"] = "online"
     """Which backbone the export holds: the trained (query) encoder, or its momentum copy (the key encoder)."""
+    shuffle_bn: bool = True
+    """Shuffle-BN: with BatchNorm and several processes, encode the keys of a random slice of the global batch (see
+    the module doc); a no-op with one process or without BatchNorm."""
+
+
+def key_permutation(seed: int, step: int, rows: int) -> torch.Tensor:
+    """Shuffle-BN's permutation of the global key batch at optimizer step `step`: the same on every process, and
+    after a resume."""
+    return torch.from_numpy(np.random.default_rng([seed, step]).permutation(rows))
+
+
+@torch.no_grad()
+def shuffled_batch_forward(
+    encode: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, permutation: torch.Tensor
+) -> torch.Tensor:
+    """encode() of this process's rows, each computed in the batch that `permutation` (of the gathered global
+    batch) deals it into: process p encodes global rows permutation[p B : (p + 1) B]."""
+    everyone, offset = gather_with_grad(rows)
+    permutation = permutation.to(rows.device)
+    mine = slice(offset, offset + len(rows))
+    encoded, _ = gather_with_grad(encode(everyone[permutation[mine]]))
+    return encoded[permutation.argsort()[mine]]  # global row i was encoded at position argsort()[i]
 
 
 @register_task
@@ -100,14 +132,14 @@ class MoCo(MomentumTask):
         config, images = self.config, views.shape[0]
         if config.moco_version == 3:
             both = views.transpose(0, 1).flatten(0, 1)  # both views in one forward
-            queries, keys = model(both).float(), self.momentum_projections(model, both)
+            queries, keys = model(both).float(), self.key_projections(model, both)
             all_first, offset = gather_with_grad(keys[:images])
             all_second, _ = gather_with_grad(keys[images:])
             first = info_nce_loss(queries[:images], all_second, config.temperature, offset=offset, reduction="sum")
             return first + info_nce_loss(queries[images:], all_first, config.temperature, offset=offset,
                                          reduction="sum")  # fmt: skip
         queries = model(views[:, 0]).float()
-        keys = F.normalize(self.momentum_projections(model, views[:, 1]), dim=1)
+        keys = F.normalize(self.key_projections(model, views[:, 1]), dim=1)
         loss = info_nce_loss(queries, keys, config.temperature, negatives=self.queue, in_batch_negatives=False,
                              reduction="sum")  # fmt: skip
         if keep_keys:
@@ -115,6 +147,15 @@ class MoCo(MomentumTask):
                 self.new_keys, self.new_keys_step = [], self.step
             self.new_keys.append(gather_with_grad(keys)[0])
         return loss
+
+    def key_projections(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The momentum encoder's projections; in training, shuffled across processes where that matters."""
+        processes = world_size()
+        shuffled = model.training and self.config.shuffle_bn and processes > 1
+        if not shuffled or not batch_norm_layers(self.momentum_encoder):
+            return self.momentum_projections(model, images)
+        permutation = key_permutation(self.config.seed, self.step, len(images) * processes)
+        return shuffled_batch_forward(partial(self.momentum_projections, model), images, permutation)
 
     def after_step(self, model: nn.Module, stage: str = MAIN_STAGE) -> None:
         super().after_step(model, stage)

@@ -17,6 +17,7 @@ from fmkit.losses.contrastive import AccumulatedContrastiveLoss
 from fmkit.losses.gather import gather_with_grad
 from fmkit.losses.infonce import nt_xent_loss
 from fmkit.models.backbone import Backbone
+from fmkit.models.batch_norm import running_statistics_kept
 from fmkit.models.heads import mlp_head
 from fmkit.tasks import register_task
 from fmkit.tasks.base import MAIN_STAGE
@@ -48,11 +49,13 @@ class SimCLR(ContrastiveTask):
         return OnlineNetwork(backbone, mlp_head(backbone.vector_dim, config.projection_hidden, config.projection_dim))
 
     def begin_step(self, model: nn.Module, micro_batches: list[dict], stage: str = MAIN_STAGE) -> None:
-        """With accumulation, cache every micro-batch's projections: they are each other's negatives."""
+        """With accumulation, cache every micro-batch's projections: they are each other's negatives. BatchNorm's
+        running statistics are left to the forward with gradients, so each micro-batch updates them once."""
         self.step_batches = micro_batches
-        self.contrastive.begin(
-            [self._project(model, b["views"]) for b in micro_batches] if len(micro_batches) > 1 else []
-        )
+        with running_statistics_kept(model):
+            self.contrastive.begin(
+                [self._project(model, b["views"]) for b in micro_batches] if len(micro_batches) > 1 else []
+            )
 
     def loss(self, model: nn.Module, batch: dict, stage: str = MAIN_STAGE) -> torch.Tensor:
         """NT-Xent summed over this process's views of the step, against every view of the global step."""
