@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--probe_train_images", default="fashion-mnist:train:2000")
     parser.add_argument("--probe_test_images", default="fashion-mnist:test:1000")
+    parser.add_argument("--backbone_config", default=None,
+                        help='JSON for both sides\' ResNet instead of the preset\'s, e.g. a ResNet-18 shape: '
+                        '\'{"embedding_size": 64, "hidden_sizes": [64, 128, 256, 512], "depths": [2, 2, 2, 2]}\'')
     parser.add_argument("--out", type=Path, default=None, help="also write the full report here as JSON")
     parser.add_argument("--plain_worker", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -73,6 +76,7 @@ def shared_options(args: argparse.Namespace) -> list[str]:
         "--max_steps", str(args.steps), "--seed", str(args.seed), "--mixed_precision", "no",
         "--cpu_threads", str(args.threads),
         "--probe_train_images", args.probe_train_images, "--probe_test_images", args.probe_test_images,
+        *(["--backbone_config", args.backbone_config] if args.backbone_config else []),
     ]  # fmt: skip
 
 
@@ -132,6 +136,7 @@ def run_plain(args: argparse.Namespace) -> dict:
             "--log_every", str(args.log_every), "--warmup_windows", str(args.warmup_windows),
             "--threads", str(args.threads), "--seed", str(args.seed), "--probe_train_images", args.probe_train_images,
             "--probe_test_images", args.probe_test_images,
+            *(["--backbone_config", args.backbone_config] if args.backbone_config else []),
         ]  # fmt: skip
         run_process(command, args, "lightly simclr loop")
         return json.loads(result.read_text())
@@ -242,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
         plain_worker(args)
         return
     batch_size = preset_config(args).per_device_batch_size
-    print(f"SimCLR demo preset, batch {batch_size}, {args.steps} steps, {args.threads} thread(s)\n")
+    backbone = f", backbone_config {args.backbone_config}" if args.backbone_config else ""
+    print(f"SimCLR demo preset{backbone}, batch {batch_size}, {args.steps} steps, {args.threads} thread(s)\n")
     print(TABLE_HEADER, flush=True)
     runs = []
     for repeat in range(args.repeats):
