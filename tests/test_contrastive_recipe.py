@@ -1,8 +1,9 @@
 """The contrastive recipe as a user runs it. SimCLR: exact resume of seeded views, the loss, accumulation. MoCo and
 BYOL: the momentum encoder and queue against literal references, exact resume (also after SIGKILL), the exported
-encoder. Every method: one-line errors and learning on Fashion-MNIST against the random backbone. (Two processes
-against one: tests/test_distributed.py; presets, 2 steps and a fresh-process reload of the export:
-tests/test_registry.py.)"""
+encoder. NPID: its NCE, InfoNCE and memory bank update against literal references, exact resume of the bank and
+its normaliser (also after SIGKILL). Every method: one-line errors and learning on Fashion-MNIST against the random
+backbone. (Two processes against one: tests/test_distributed.py; presets, 2 steps and a fresh-process reload of the
+export: tests/test_registry.py.)"""
 
 from __future__ import annotations
 
@@ -33,21 +34,24 @@ from safetensors.torch import load_file
 from torch import nn
 
 from fmkit.checkpoint import task_state_file
+from fmkit.cli import preset_path
 from fmkit.data.fashion_mnist import INSTALL_HINT, fashion_mnist_installed
-from fmkit.data.loader import Sharding
+from fmkit.data.loader import TRAIN_STREAM, Sharding
 from fmkit.errors import ConfigError
 from fmkit.losses.infonce import nt_xent_loss
 from fmkit.tasks import get_task
 from fmkit.tasks.contrastive.common import OnlineNetwork
 from fmkit.tasks.contrastive.moco import key_permutation, shuffled_batch_forward
 from fmkit.tasks.contrastive.momentum import cosine_momentum, ema_update, momentum_copy
+from fmkit.tasks.contrastive.npid import negative_rows
 from fmkit.trainer import refuse_unsupported
 
 CONFIGS = RECIPES / "configs" / "contrastive"
 
 
 def debug(method: str) -> list[str]:
-    return ["--method", method, "--config", str(CONFIGS / f"{method}.yaml"), "--config", str(CONFIGS / "debug.yaml")]
+    overlay = preset_path(RECIPES / "configs", "contrastive", method, "debug")
+    return ["--method", method, "--config", str(CONFIGS / f"{method}.yaml"), "--config", str(overlay)]
 
 
 def contrastive(out: Path, *args: str, check: bool = True):
@@ -310,10 +314,12 @@ def test_moco_enqueues_every_micro_batchs_keys_once_per_step_under_accumulation(
         torch.testing.assert_close(state["queue"][start : start + 8], keys, rtol=1e-4, atol=1e-5, msg=f"step {step}")
 
 
-def test_moco_resumes_exactly_after_sigkill(tmp_path):
-    """kill -9 past a checkpoint, then resume: the losses of a straight run (the queue and key encoder are saved
-    with every checkpoint, written atomically)."""
-    args = [*debug("moco"), *RESUME, "--max_steps", "12", "--save_every", "6", "--eval_every", "0"]
+@pytest.mark.parametrize("method", ["moco", "npid"])
+def test_resumes_exactly_after_sigkill(tmp_path, method):
+    """kill -9 past a checkpoint, then resume: the losses and final task state of a straight run (MoCo's queue and
+    key encoder, NPID's bank and normaliser are saved with every checkpoint, written atomically)."""
+    resume = RESUME if method == "moco" else RESUME[:-2]
+    args = [*debug(method), *resume, "--max_steps", "12", "--save_every", "6", "--eval_every", "0"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     contrastive(straight, *args)
     command = [sys.executable, str(RECIPES / "contrastive.py"), *args, "--output_dir", str(killed)]
@@ -327,6 +333,12 @@ def test_moco_resumes_exactly_after_sigkill(tmp_path):
     contrastive(killed, *args, "--resume_from_checkpoint", "latest")
     assert train_losses(killed) == train_losses(straight)
     assert sorted(train_losses(killed)) == list(range(1, 13))
+    expected, state = task_state(straight, 12), task_state(killed, 12)
+    for name, value in expected.items():
+        if isinstance(value, dict):
+            assert all(torch.equal(tensor, state[name][key]) for key, tensor in value.items()), name
+        else:
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(state[name])), name
 
 
 @pytest.mark.parametrize("method", ["moco", "byol"])
@@ -340,6 +352,101 @@ def test_momentum_methods_refuse_fsdp_in_one_line(method):
     assert str(refused.value).startswith(f"task {method} cannot run under FSDP: its momentum encoder averages whole")
     assert "\n" not in str(refused.value)
     refuse_unsupported(get_task("simclr")(get_task("simclr").config_class()), fsdp)
+
+
+# -- NPID --------------------------------------------------------------------------------------------------------
+
+
+def npid_task(loss: str):
+    config = get_task("npid").config_class(projection_dim=6, bank_images=10, num_negatives=5, temperature=0.07,
+                                           bank_momentum=0.5, npid_loss=loss)  # fmt: skip
+    task = get_task("npid")(config)
+    task.device = torch.device("cpu")
+    task.start_bank()
+    model = tiny_online(predictor=False).eval()  # batch statistics would couple the rows of the literal loops
+    return task, model
+
+
+@pytest.mark.parametrize("loss", ["nce", "infonce"])
+def test_npid_loss_is_the_literal_nce_or_infonce_against_the_bank(loss):
+    """Each image's projection against its own bank entry and the step's 5 noise rows. NCE: P(i|v) = exp(s/T) / Z,
+    Z = N mean exp(s/T) over the first step's scores, then fixed; h = P / (P + K/N). The bank is the random one."""
+    task, model = npid_task(loss)
+    views, rows = torch.randn(4, 1, 12), torch.tensor([3, 7, 0, 9])
+    bank, temperature, size = task.bank.double(), 0.07, 10
+
+    def scores(step: int, views: torch.Tensor) -> list[list[float]]:
+        noise = negative_rows(task.config.seed, TRAIN_STREAM, step, size, 5)
+        out = []
+        for image, row in zip(views, rows, strict=True):
+            feature = F.normalize(model(image[:1])[0], dim=0).double().detach()
+            out.append([float(feature @ bank[row])] + [float(feature @ bank[n]) for n in noise])
+        return out
+
+    first = scores(0, views)
+    normalizer = size * sum(math.exp(s / temperature) for image in first for s in image) / 24  # 4 x (1 + 5)
+
+    def expected(image_scores: list[list[float]]) -> float:
+        total = 0.0
+        for positive, *noise in image_scores:
+            if loss == "infonce":
+                total -= positive / temperature - math.log(sum(math.exp(s / temperature) for s in [positive, *noise]))
+                continue
+            data = [math.exp(s / temperature) / normalizer for s in [positive, *noise]]
+            posterior = [p / (p + 5 / size) for p in data]
+            total -= math.log(posterior[0]) + sum(math.log(1 - h) for h in posterior[1:])
+        return total
+
+    batch = {"views": views, "bank_rows": rows}
+    assert task.count(batch).items == 4
+    assert task.loss(model, batch).item() == pytest.approx(expected(first), rel=1e-4)
+    assert (task.normalizer is None) == (loss == "infonce")
+    task.step, task.step_features, later = 1, [], torch.randn(4, 1, 12)  # Z stays; the noise rows are new
+    assert task.loss(model, {"views": later, "bank_rows": rows}).item() == pytest.approx(expected(scores(1, later)),
+                                                                                       rel=1e-4)  # fmt: skip
+    assert not torch.equal(*(negative_rows(task.config.seed, TRAIN_STREAM, step, size, 5) for step in (0, 1)))
+
+
+def test_npid_bank_update_moves_each_step_entry_towards_its_projection_and_leaves_the_rest():
+    """v_i <- normalize(0.5 v_i + 0.5 f_i) for the rows of every micro-batch of the step, in order (row 3 twice:
+    two micro-batches across an epoch's end), after the step; the other rows as they were."""
+    task, model = npid_task("nce")
+    micro_batches = [{"views": torch.randn(3, 1, 12), "bank_rows": torch.tensor([3, 7, 0])},
+                     {"views": torch.randn(2, 1, 12), "bank_rows": torch.tensor([3, 5])}]  # fmt: skip
+    before = task.bank.clone()
+    for batch in micro_batches:
+        task.loss(model, batch)
+    assert torch.equal(task.bank, before)  # the loss reads the bank, the step's end writes it
+    task.after_step(model)
+    expected = before.clone()
+    for batch in micro_batches:
+        for image, row in zip(batch["views"], batch["bank_rows"].tolist(), strict=True):
+            mixed = 0.5 * expected[row] + 0.5 * F.normalize(model(image[:1])[0], dim=0)
+            expected[row] = mixed / mixed.norm()
+    torch.testing.assert_close(task.bank, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(task.bank[[1, 2, 4, 6, 8, 9]], before[[1, 2, 4, 6, 8, 9]])
+    assert task.step_features == []
+
+
+def test_npid_resumes_its_bank_and_normaliser_exactly_and_trains_on_the_bank_images_only(tmp_path):
+    """Steps 4-6 resumed from a straight run's step-3 checkpoint: its losses, probes and task state (bank, Z), bit
+    for bit. The batches' bank rows cover the bank once per epoch (256 entries, 32 batches of 8)."""
+    args = [*debug("npid"), *RESUME[:-2], "--save_total_limit", "2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    contrastive(straight, *args)
+    contrastive(resumed, *args, "--resume_from_checkpoint", str(straight / "checkpoints" / "step_3"))
+    assert train_losses(resumed) == {step: train_losses(straight)[step] for step in (4, 5, 6)}
+    final = {m["step"]: m for m in read_metrics(straight) if "knn_accuracy" in m}[6]
+    assert {m["step"]: m for m in read_metrics(resumed) if "knn_accuracy" in m}[6] == final
+    one, other, start = task_state(straight, 6), task_state(resumed, 6), task_state(straight, 3)
+    assert one.keys() == other.keys() == {"bank", "normalizer"}
+    assert torch.equal(one["bank"], other["bank"]) and one["normalizer"] == other["normalizer"] == start["normalizer"]
+    assert not torch.equal(one["bank"], start["bank"])
+    task = task_of_run(straight, get_task("npid"))
+    batches = task.train_batches(0, Sharding(0, 1))
+    rows = torch.cat([next(batches)["bank_rows"] for _ in range(32)])
+    assert sorted(rows.tolist()) == list(range(256)) and len(task.bank_index) == 256
+    assert set(task.bank_index) <= set(task.train_index)
 
 
 # -- every method -----------------------------------------------------------------------------------------------
@@ -359,6 +466,11 @@ def test_momentum_methods_refuse_fsdp_in_one_line(method):
         ("moco", ["--moco_version", "4"], "moco_version"),
         ("moco", ["--momentum_start", "1"], "momentum_start"),
         ("moco", ["--export_encoder", "key"], "export_encoder"),
+        ("npid", ["--bank_images", "2000"],
+         "bank_images 2000: 1,023 crops of 18 photographs bundled with scikit-image and scikit-learn at 36x36 leave "
+         "only 1007 training images after heldout_images 16"),
+        ("npid", ["--num_negatives", "256"], "bank_images 256 is smaller than num_negatives 256 + 1"),
+        ("npid", ["--npid_loss", "softmax"], "npid_loss"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_error(tmp_path, method, args, expected):
