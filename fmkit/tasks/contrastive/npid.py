@@ -20,6 +20,7 @@ entry: their held-out loss takes a second view's projection as the positive, aga
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,7 +40,7 @@ from fmkit.models.heads import mlp_head
 from fmkit.tasks import register_task
 from fmkit.tasks.base import MAIN_STAGE, BatchCount
 from fmkit.tasks.contrastive.common import ContrastiveConfig, ContrastiveTask, OnlineNetwork
-from fmkit.vision.views import VIEW_PRESETS, make_views
+from fmkit.vision.views import VIEW_PRESETS
 
 
 @dataclass
@@ -116,10 +117,11 @@ class NPID(ContrastiveTask):
     def make_batch(self, images: np.ndarray, rngs: list[np.random.Generator], training: bool) -> dict:
         """{"views": [B, V, 3, size, size]}: the preset's first view; held out, two views of that recipe."""
         recipe = VIEW_PRESETS[self.config.views][0]
-        views = make_views(images, rngs, (recipe,) if training else (recipe, recipe), self.config.image_size)
-        return {"views": torch.stack([self.normalize(view) for view in views], dim=1)}
+        return self.stacked_views(images, rngs, (recipe,) if training else (recipe, recipe))
 
-    def train_batches(self, start: int, sharding: Sharding):
+    def train_batches(self, start: int, sharding: Sharding) -> Iterator[dict]:
+        """The bank images only, each batch with its images' bank rows."""
+
         def make_batch(indices: np.ndarray, positions: np.ndarray) -> dict:
             return {**self.batch(self.bank_index, TRAIN_STREAM, indices, positions),
                     "bank_rows": torch.from_numpy(indices)}  # fmt: skip
