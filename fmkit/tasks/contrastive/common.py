@@ -65,8 +65,8 @@ class ContrastiveTask(VisionTask):
         return self.stacked_views(images, rngs, VIEW_PRESETS[self.config.views])
 
     def stacked_views(self, images: np.ndarray, rngs: list[np.random.Generator], recipes: tuple) -> dict:
-        """{"views": [B, len(recipes), 3, image_size, image_size]}, normalised; a method of one view per image (NPID)
-        passes the preset's first recipe alone."""
+        """{"views": [B, len(recipes), 3, image_size, image_size]}, normalised; methods of one view per image (NPID,
+        DeepCluster) pass the preset's first recipe alone."""
         from fmkit.vision.views import make_views
 
         views = make_views(images, rngs, recipes, self.config.image_size)
