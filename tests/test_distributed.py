@@ -116,6 +116,8 @@ def two_processes(tmp_path_factory, text_files, initial_model, initial_backbone)
             "moco": TwoProcessRun("contrastive.py", pretext_args("moco", None, 8)),
             "moco-v3": TwoProcessRun("contrastive.py", pretext_args("moco-v3", None, 8)),
             "byol": TwoProcessRun("contrastive.py", pretext_args("byol", None, 8)),
+            "npid": TwoProcessRun("contrastive.py", pretext_args("npid", None, 8)),
+            "deepcluster": TwoProcessRun("contrastive.py", pretext_args("deepcluster", None, 8)),
             "moco-shuffle-bn": TwoProcessRun("contrastive.py", SHUFFLE_BN),
             "moco-no-shuffle-bn": TwoProcessRun("contrastive.py", [*SHUFFLE_BN, "--shuffle_bn", "false"]),
             "clm": TwoProcessRun("clm.py", [*clm_args(text_files), "--per_device_batch_size", "8"]),
@@ -188,14 +190,21 @@ VISION_RUNS = {
     "moco-v3": ["--method", "moco", "--moco_version", "3"],  # the global batch's keys as negatives
     # The target network is a momentum copy on every rank; the demo's BatchNorm heads would have per-rank statistics.
     "byol": ["--method", "byol", "--head_batch_norm", "false"],
-}
+    # Each step's projections and bank rows gathered from every rank before the bank update; NCE's Z from the global
+    # batch (the demo's InfoNCE has none).
+    "npid": ["--method", "npid", "--npid_loss", "nce", "--bank_images", "512", "--num_negatives", "128",
+             "--save_every", "1", "--save_total_limit", "6"],
+    # Every rank embeds and clusters the same images, then takes rank 0's clustering; re-clustered at step 3.
+    "deepcluster": ["--method", "deepcluster", "--num_clusters", "8", "--cluster_images", "256", "--recluster_every",
+                    "3", "--pca_dim", "8", "--save_every", "1", "--save_total_limit", "6"],
+}  # fmt: skip
 """The vision runs compared (the pretext and contrastive recipes), by task."""
 VISION_RECIPES = {"simclr": "contrastive.py", "moco": "contrastive.py", "moco-v3": "contrastive.py",
-                  "byol": "contrastive.py"}  # fmt: skip
+                  "byol": "contrastive.py", "npid": "contrastive.py", "deepcluster": "contrastive.py"}  # fmt: skip
 
 
 def pretext_args(task: str, out: Path | None, per_device_batch: int, steps: int = 6) -> list[str]:
-    return [*VISION_RUNS[task], *TINY_CONVNEXT, *output_dir(out), "--max_steps", str(steps),
+    return [*TINY_CONVNEXT, *VISION_RUNS[task], *output_dir(out), "--max_steps", str(steps),
             "--per_device_batch_size", str(per_device_batch), "--eval_every", str(steps)]  # fmt: skip
 
 
@@ -218,7 +227,7 @@ def initial_backbone(tmp_path_factory):
     ("task", "config"),
     [("rotation", "deepspeed_zero2.yaml"), ("rotation", "deepspeed_zero3.yaml"), ("inpainting", "ddp.yaml"),
      ("simclr", "ddp.yaml"), ("simclr", "deepspeed_zero2.yaml"), ("moco", "ddp.yaml"), ("moco-v3", "ddp.yaml"),
-     ("byol", "ddp.yaml")],
+     ("byol", "ddp.yaml"), ("npid", "ddp.yaml"), ("deepcluster", "ddp.yaml")],
 )  # fmt: skip
 def test_vision_two_processes_match_one(tmp_path, initial_backbone, two_processes, task, config):
     one = tmp_path / "one"
@@ -235,6 +244,40 @@ def test_vision_two_processes_match_one(tmp_path, initial_backbone, two_processe
     momentum_encoder = [name for name in final_one if name.startswith("knn_accuracy_") and "random" not in name]
     for name in ("linear_probe_accuracy", "linear_probe_accuracy_random_backbone", "knn_accuracy", *momentum_encoder):
         assert final_two[name] == pytest.approx(final_one[name], abs=0.01), name
+    if task == "npid":
+        assert_same_bank_on_every_rank_as_on_one(one, two)
+    if task == "deepcluster":
+        assert_same_clustering_on_every_rank_as_on_one(one, two)
+
+
+def task_state(run: Path, step: int, rank: int) -> dict:
+    return torch.load(task_state_file(run / "checkpoints" / f"step_{step}", rank), weights_only=True)
+
+
+def assert_same_bank_on_every_rank_as_on_one(one: Path, two: Path) -> None:
+    """NPID's bank after step 1 (the first step's features, of the same initial weights) and after step 6, and Z:
+    the same on both ranks bit for bit, and the one-process run's up to the order of float sums."""
+    state = task_state
+    for step, tolerance in ((1, 1e-5), (6, 1e-3)):
+        reference, ranks = state(one, step, 0), [state(two, step, rank) for rank in (0, 1)]
+        assert torch.equal(ranks[0]["bank"], ranks[1]["bank"]) and ranks[0]["normalizer"] == ranks[1]["normalizer"]
+        torch.testing.assert_close(ranks[0]["bank"], reference["bank"], rtol=tolerance, atol=tolerance, msg=str(step))
+        assert ranks[0]["normalizer"] == pytest.approx(reference["normalizer"], rel=1e-5)
+    initial = F.normalize(torch.randn(512, 128, generator=torch.Generator().manual_seed(42)), dim=1)
+    assert (reference["bank"] - initial).norm(dim=1).gt(1e-3).sum() >= 6 * 16  # every step moved its 16 entries
+
+
+def assert_same_clustering_on_every_rank_as_on_one(one: Path, two: Path) -> None:
+    """DeepCluster's clusterings of the initial weights (step 1) and of step 3's (step 6): rank 0's on both ranks, bit
+    for bit; the first, of the same weights, also the one-process run's; the second assigns as one process did."""
+    for step in (1, 6):
+        reference, ranks = task_state(one, step, 0), [task_state(two, step, rank) for rank in (0, 1)]
+        assert all(torch.equal(ranks[0][key], ranks[1][key]) for key in ("centroids", "assignments", "whitening"))
+        assert ranks[0]["period"] == reference["period"] == (step - 1) // 3
+        if step == 1:
+            assert torch.equal(ranks[0]["assignments"], reference["assignments"])
+        else:
+            assert (ranks[0]["assignments"] == reference["assignments"]).float().mean() >= 0.98
 
 
 SHUFFLE_BN = [*pretext_args("moco", None, 8, steps=1), "--save_every", "1", "--backbone_type", "resnet",

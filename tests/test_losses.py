@@ -156,6 +156,8 @@ def test_nce_matches_ratio_form_with_uniform_noise():
         return total / 4
 
     assert_same_loss(lambda p, n: nce_loss(p, n, temperature, normalizer, num_data), reference, positive, noise)
+    assert_same_loss(lambda p, n: nce_loss(p, n, temperature, normalizer, num_data, reduction="sum"),
+                     lambda p, n: reference(p, n) * 4, positive, noise)  # fmt: skip
 
 
 def test_nce_normalizer_is_the_monte_carlo_estimate():

@@ -10,7 +10,7 @@ and the loss over one positive score s+ and K noise scores s_1..s_K is
 
     l = -log h(s+) - sum_k log(1 - h(s_k)),
 
-averaged over the batch. It is computed through log-sigmoid, which stays finite where the ratio form
+averaged (or summed) over the batch. It is computed through log-sigmoid, which stays finite where the ratio form
 underflows.
 """
 
@@ -22,10 +22,16 @@ import torch
 import torch.nn.functional as F
 
 from fmkit.losses._checks import check_positive
+from fmkit.losses.infonce import Reduction
 
 
 def nce_loss(
-    positive_scores: torch.Tensor, noise_scores: torch.Tensor, temperature: float, normalizer: float, num_data: int
+    positive_scores: torch.Tensor,
+    noise_scores: torch.Tensor,
+    temperature: float,
+    normalizer: float,
+    num_data: int,
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """positive_scores: (B,) similarities s+ (e.g. v_i . f_i with the memory bank); noise_scores: (B, K)."""
     check_positive("temperature", temperature)
@@ -41,7 +47,8 @@ def nce_loss(
     log_noise_odds = math.log(noise_count * normalizer / num_data)
     positive_term = F.logsigmoid(positive_scores / temperature - log_noise_odds)
     noise_term = F.logsigmoid(log_noise_odds - noise_scores / temperature).sum(dim=1)
-    return -(positive_term + noise_term).mean()
+    losses = -(positive_term + noise_term)
+    return losses.mean() if reduction == "mean" else losses.sum() if reduction == "sum" else losses
 
 
 def nce_normalizer(scores: torch.Tensor, temperature: float, num_data: int) -> float:

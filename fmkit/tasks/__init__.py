@@ -34,6 +34,8 @@ BUILTIN: dict[str, Entry] = {
     "simclr": Entry("contrastive", "fmkit.tasks.contrastive.simclr"),
     "moco": Entry("contrastive", "fmkit.tasks.contrastive.moco"),
     "byol": Entry("contrastive", "fmkit.tasks.contrastive.byol"),
+    "npid": Entry("contrastive", "fmkit.tasks.contrastive.npid"),
+    "deepcluster": Entry("contrastive", "fmkit.tasks.contrastive.deepcluster"),
 }
 """Built-in tasks in the order recipes list them (the first of a recipe is its default)."""
 

@@ -62,9 +62,14 @@ class ContrastiveTask(VisionTask):
 
     def make_batch(self, images: np.ndarray, rngs: list[np.random.Generator], training: bool) -> dict:
         """{"views": [B, V, 3, image_size, image_size]}, normalised."""
+        return self.stacked_views(images, rngs, VIEW_PRESETS[self.config.views])
+
+    def stacked_views(self, images: np.ndarray, rngs: list[np.random.Generator], recipes: tuple) -> dict:
+        """{"views": [B, len(recipes), 3, image_size, image_size]}, normalised; methods of one view per image (NPID,
+        DeepCluster) pass the preset's first recipe alone."""
         from fmkit.vision.views import make_views
 
-        views = make_views(images, rngs, VIEW_PRESETS[self.config.views], self.config.image_size)
+        views = make_views(images, rngs, recipes, self.config.image_size)
         return {"views": torch.stack([self.normalize(view) for view in views], dim=1)}
 
     def count(self, batch: dict) -> BatchCount:
