@@ -207,6 +207,16 @@ class VisionTask(Task):
         images[order] = self.train_images.images[picked[order]]
         return self.make_batch(images, rngs, training=stream == TRAIN_STREAM)
 
+    def first_training_images(self, count: int, option: str) -> np.ndarray:
+        """The first `count` training images (train_index is a seeded permutation), for a method that keeps state per
+        image (NPID's bank, DeepCluster's clusters); fewer than `option` asks for is a one-line error."""
+        if len(self.train_index) < count:
+            raise ConfigError(
+                f"{option} {count}: {self.train_images.description} leave only {len(self.train_index)} training "
+                f"images after heldout_images {self.config.heldout_images}; lower {option} or add images"
+            )
+        return self.train_index[:count]
+
     def heldout_batch(self, indices: np.ndarray) -> dict:
         return self.batch(self.heldout_index, EVAL_STREAM, indices, indices)
 

@@ -35,6 +35,7 @@ from torch import nn
 from fmkit.config import NON_NEGATIVE, POSITIVE, ranged
 from fmkit.data.loader import TRAIN_STREAM, Sharding
 from fmkit.errors import ConfigError
+from fmkit.losses.gather import world_size
 from fmkit.models.backbone import Backbone
 from fmkit.models.heads import mlp_head
 from fmkit.tasks import register_task
@@ -143,7 +144,7 @@ def reinitialise_head(head: nn.Linear, seed: int, period: int) -> None:
 
 
 def from_rank_zero(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         dist.broadcast(tensor, src=0)
     return tensor
 
@@ -162,14 +163,8 @@ class DeepCluster(ContrastiveTask):
 
     def setup(self, accelerator) -> nn.Module:
         self.model = super().setup(accelerator)
-        config = self.config
-        if len(self.train_index) < config.cluster_images:
-            raise ConfigError(
-                f"cluster_images {config.cluster_images}: {self.train_images.description} leave only "
-                f"{len(self.train_index)} training images after heldout_images {config.heldout_images}; "
-                "lower cluster_images or add images"
-            )
-        self.cluster_index = np.sort(self.train_index[: config.cluster_images])  # read in file order
+        # Sorted, so the clustered images are read in file order.
+        self.cluster_index = np.sort(self.first_training_images(self.config.cluster_images, "cluster_images"))
         self.clustering: Clustering | None = None
         self.period = -1
         """The clustering period (step // recluster_every) the current clustering was made for."""

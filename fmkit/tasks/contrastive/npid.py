@@ -93,14 +93,7 @@ class NPID(ContrastiveTask):
 
     def setup(self, accelerator) -> nn.Module:
         model = super().setup(accelerator)
-        config = self.config
-        if len(self.train_index) < config.bank_images:
-            raise ConfigError(
-                f"bank_images {config.bank_images}: {self.train_images.description} leave only "
-                f"{len(self.train_index)} training images after heldout_images {config.heldout_images}; "
-                "lower bank_images or add images"
-            )
-        self.bank_index = self.train_index[: config.bank_images]  # train_index is already a seeded permutation
+        self.bank_index = self.first_training_images(self.config.bank_images, "bank_images")
         self.start_bank()
         return model
 
