@@ -11,7 +11,6 @@ from pathlib import Path
 from fmkit.config import parse_config
 from fmkit.errors import ConfigError, FmkitError
 from fmkit.tasks import get_task, selector, task_names
-from fmkit.trainer import Trainer
 
 
 def preset_path(configs: Path, recipe: str, task: str, kind: str = "demo") -> Path:
@@ -53,7 +52,7 @@ def run_recipe(recipe: str, configs: Path, argv: list[str] | None = None) -> Non
         task_class = get_task(task_name)
         preset = preset_path(configs, recipe, task_name)
         config = parse_config(task_class.config_class, argv, default_preset=preset, prog=prog)
-        Trainer(task_class(config)).fit()
+        task_class.run(config)
     except FmkitError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -31,6 +31,9 @@ class ModelCard:
     training: dict[str, object]
     metrics: dict[str, float]
     usage: str
+    base_model: str | None = None
+    sections: dict[str, str] = field(default_factory=dict)
+    """Further sections by heading, after Results."""
 
 
 def _cell(value: object) -> str:
@@ -63,6 +66,8 @@ def _render(card: ModelCard) -> str:
     if card.pipeline_tag:
         meta["pipeline_tag"] = card.pipeline_tag
     meta["tags"] = list(card.tags)
+    if card.base_model:
+        meta["base_model"] = card.base_model
     front_matter = yaml.safe_dump(meta, sort_keys=False).strip()
     sections = [
         f"---\n{front_matter}\n---",
@@ -71,6 +76,7 @@ def _render(card: ModelCard) -> str:
         f"## Training data\n\n{card.data}",
         f"## Training\n\n{_table(('setting', 'value'), list(card.training.items()))}",
         f"## Results\n\n{_table(('metric', 'value', 'baseline'), _results(card.metrics))}",
+        *(f"## {heading}\n\n{body}" for heading, body in card.sections.items()),
         f"## How to use\n\n```python\n{card.usage.strip()}\n```",
         "Trained with fmkit.",
     ]

@@ -158,6 +158,7 @@ class Trainer:
                 meter.reset()
         progress.close()
 
+        eval_metrics = {**eval_metrics, **self._evaluate(model, accelerator, log, state.step, task.finish)}
         self._settle(state)
         self._export(model, accelerator, state, eval_metrics)
         accelerator.end_training()
@@ -250,13 +251,16 @@ class Trainer:
         metrics["data_wait_fraction"] = meter.data_wait / elapsed
         return metrics
 
-    def _evaluate(self, model, accelerator, log: MetricsLog, step: int) -> dict[str, float]:
+    def _evaluate(self, model, accelerator, log: MetricsLog, step: int, measure=None) -> dict[str, float]:
+        """`measure` (task.evaluate by default) in eval mode, under the training autocast, logged."""
         for stage in self.stages.values():
             stage.model.eval()
         with torch.no_grad(), accelerator.autocast():
-            metrics = self.task.evaluate(model, accelerator, step)
+            metrics = (measure or self.task.evaluate)(model, accelerator, step)
         for stage in self.stages.values():
             stage.model.train()
+        if not metrics:
+            return metrics
         log.log(step, metrics)
         if accelerator.is_main_process:
             tqdm.write(format_line(step, metrics))
@@ -362,6 +366,8 @@ class Trainer:
             training=training,
             metrics=metrics,
             usage=details.usage,
+            base_model=details.base_model,
+            sections=details.sections,
         )
 
 

@@ -25,28 +25,31 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> CorpusFiles:
 
 @pytest.fixture(scope="module")
 def documents(corpus: CorpusFiles) -> dict[str, list[dict[str, str]]]:
-    return {"train": _read(corpus.train), "eval": _read(corpus.eval)}
+    return {split: _read(getattr(corpus, split)) for split in ("train", "eval", "test")}
 
 
-def test_split_is_small_disjoint_and_nonempty(documents: dict[str, list[dict[str, str]]]) -> None:
-    train, held_out = documents["train"], documents["eval"]
-    assert train and held_out
-    assert 0.003 <= len(held_out) / (len(train) + len(held_out)) <= 0.03
-    assert not {d["text"] for d in train} & {d["text"] for d in held_out}
+def test_splits_are_disjoint_and_sized(documents: dict[str, list[dict[str, str]]]) -> None:
+    total = sum(len(split) for split in documents.values())
+    assert 0.003 <= len(documents["eval"]) / total <= 0.03
+    assert 0.05 <= len(documents["test"]) / total <= 0.12
+    assert len(documents["test"]) >= 1000  # the fine-tuning demo's test split
+    texts = {name: {d["text"] for d in split} for name, split in documents.items()}
+    for one, other in (("train", "eval"), ("train", "test"), ("eval", "test")):
+        assert not texts[one] & texts[other], (one, other)
 
 
 def test_corpus_is_several_mb_of_real_sentences(
     corpus: CorpusFiles, documents: dict[str, list[dict[str, str]]]
 ) -> None:
     assert corpus.train.stat().st_size > 4_000_000
-    every = documents["train"] + documents["eval"]
+    every = [d for split in documents.values() for d in split]
     assert all(len(d["text"].split()) >= 8 for d in every)
     assert len({d["text"] for d in every}) == len(every)
     assert f"{len(every):,} documents" in corpus.description
 
 
 def test_corpus_mixes_stdlib_docstrings_and_pydoc_topics(documents: dict[str, list[dict[str, str]]]) -> None:
-    sources = {d["source"] for d in documents["train"] + documents["eval"]}
+    sources = {d["source"] for split in documents.values() for d in split}
     assert any(s.startswith("pydoc topic: ") for s in sources)
     assert {"json", "json.decoder"} <= sources
 
@@ -64,6 +67,7 @@ def test_cached_call_reuses_files_and_rebuild_is_byte_identical(
     assert fresh.train != corpus.train
     assert fresh.train.read_bytes() == corpus.train.read_bytes()
     assert fresh.eval.read_bytes() == corpus.eval.read_bytes()
+    assert fresh.test.read_bytes() == corpus.test.read_bytes()
     assert fresh.description == corpus.description
 
 

@@ -105,7 +105,29 @@ class Launches:
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory, text_files, initial_model, initial_backbone) -> Launches:
+def labelled_texts(tmp_path_factory, text_files) -> tuple[Path, Path]:
+    """Train / test JSONL with 3 arbitrary classes (the length of the document's module name, mod 3): enough to
+    compare runs, not to learn from."""
+    folder = tmp_path_factory.mktemp("labelled")
+    rows = [json.loads(line) for line in text_files[0].read_text().splitlines()[:360]]
+    lines = [json.dumps({"text": row["text"], "label": f"class {len(row['source']) % 3}"}) + "\n" for row in rows]
+    train, test = folder / "train.jsonl", folder / "test.jsonl"
+    train.write_text("".join(lines[:240]))
+    test.write_text("".join(lines[240:]))
+    return train, test
+
+
+def finetune_args(labelled_texts, model: Path, per_device_batch: int, adapter: str) -> list[str]:
+    configs = REPO / "recipes" / "configs" / "finetune"
+    return ["--task", "text-classification", "--config", str(configs / "text-classification.yaml"), "--config",
+            str(configs / "text-classification-debug.yaml"), "--model_name_or_path", str(model), "--train_files",
+            str(labelled_texts[0]), "--test_files", str(labelled_texts[1]), "--adapter", adapter, "--max_steps", "6",
+            "--log_every", "1", "--eval_every", "6", "--eval_batches", "0", "--learning_rate", "1e-3",
+            "--per_device_batch_size", str(per_device_batch)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, text_files, initial_model, initial_backbone, labelled_texts) -> Launches:
     mlm = TwoProcessRun("mlm.py", args(text_files, initial_model, None, 8))
     zero3_start = ["--backbone_name_or_path", str(initial_backbone)]
     runs = {
@@ -122,12 +144,14 @@ def two_processes(tmp_path_factory, text_files, initial_model, initial_backbone)
             "moco-no-shuffle-bn": TwoProcessRun("contrastive.py", [*SHUFFLE_BN, "--shuffle_bn", "false"]),
             "clm": TwoProcessRun("clm.py", [*clm_args(text_files), "--per_device_batch_size", "8"]),
             "clip": TwoProcessRun("clip.py", contrastive_args("clip", per_device=8, accumulation=1)),
+            "finetune-lora": TwoProcessRun("finetune.py", finetune_args(labelled_texts, initial_model, 8, "lora")),
         },
         "deepspeed_zero2.yaml": {
             "mlm": mlm,
             "rotation": TwoProcessRun("pretext.py", pretext_args("rotation", None, 8)),
             "simclr": TwoProcessRun("contrastive.py", pretext_args("simclr", None, 8)),
             "siglip": TwoProcessRun("clip.py", contrastive_args("siglip", per_device=4, accumulation=2)),
+            "finetune-full": TwoProcessRun("finetune.py", finetune_args(labelled_texts, initial_model, 8, "full")),
             "inpainting-refused": TwoProcessRun("pretext.py", pretext_args("inpainting", None, 8)),
             "lars-refused": TwoProcessRun("contrastive.py", [*pretext_args("simclr", None, 8), "--optimizer", "lars"]),
         },
@@ -352,6 +376,20 @@ def test_causal_lm_two_processes_match_one(tmp_path, text_files, two_processes):
     assert train_losses(two)[8] == pytest.approx(train_losses(one)[8], rel=1e-3)
     assert eval_losses(two)[8] == pytest.approx(eval_losses(one)[8], rel=1e-3)
     assert eval_losses(two)[8] < eval_losses(two)[0]
+
+
+@pytest.mark.parametrize(("adapter", "config"), [("lora", "ddp.yaml"), ("full", "deepspeed_zero2.yaml")])
+def test_finetuning_two_processes_match_one(tmp_path, labelled_texts, initial_model, two_processes, adapter, config):
+    """LoRA under DDP (a frozen base: no unused-parameter error) and full fine-tuning under ZeRO-2 give one
+    process's losses at the same global batch, and score the test split alike (gathered predictions; two
+    processes leave out one odd example)."""
+    one = tmp_path / "one"
+    run([*finetune_args(labelled_texts, initial_model, 16, adapter), "--output_dir", str(one)], recipe="finetune.py")
+    two, _ = two_processes(config, f"finetune-{adapter}")
+    assert train_losses(two)[1] == pytest.approx(train_losses(one)[1], rel=1e-5)
+    assert train_losses(two)[6] == pytest.approx(train_losses(one)[6], rel=1e-3)
+    tests = [{k: v for m in read_metrics(r) for k, v in m.items() if k == "test_accuracy"} for r in (one, two)]
+    assert tests[1]["test_accuracy"] == pytest.approx(tests[0]["test_accuracy"], abs=0.01)
 
 
 # --- CLIP: features gathered across ranks with gradients, a local loss per rank ---------------------------

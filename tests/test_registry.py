@@ -19,23 +19,30 @@ from fmkit.config import build_parser
 from fmkit.tasks import BUILTIN, get_task, register_task, selector, task_names
 
 CONFIGS = RECIPES / "configs"
+FINETUNED_FROM = {"text-classification": "mlm", "image-classification": "rotation"}
+"""The debug run whose export each downstream task adapts (the registry lists it earlier)."""
 
 RELOAD = """
 import json, sys
 import torch
-from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+from transformers import (AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoModelForImageClassification,
+                          AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer)
 from PIL import Image
 
 LOADERS = {"fill-mask": AutoModelForMaskedLM, "text-generation": AutoModelForCausalLM,
-           "zero-shot-image-classification": AutoModel, "image-feature-extraction": AutoModel}
+           "zero-shot-image-classification": AutoModel, "image-feature-extraction": AutoModel,
+           "text-classification": AutoModelForSequenceClassification,
+           "image-classification": AutoModelForImageClassification}
 report = {}
 for name, folder in json.loads(sys.argv[1]).items():
     tag = open(folder + "/README.md").read().split("pipeline_tag: ")[1].split()[0]
     model, info = LOADERS[tag].from_pretrained(folder, output_loading_info=True)
     image = Image.new("RGB", (40, 40), (200, 30, 90))
     with torch.no_grad():
-        if tag in ("fill-mask", "text-generation"):
+        if tag in ("fill-mask", "text-generation", "text-classification"):
             out = model(**AutoTokenizer.from_pretrained(folder)("The quick brown fox", return_tensors="pt")).logits
+        elif tag == "image-classification":
+            out = model(**AutoImageProcessor.from_pretrained(folder)(image, return_tensors="pt")).logits
         elif tag == "image-feature-extraction":
             out = model(**AutoImageProcessor.from_pretrained(folder)(image, return_tensors="pt")).last_hidden_state
         else:
@@ -65,6 +72,8 @@ def exports(tmp_path_factory, text_files) -> dict[str, Path]:
             args = [f"--{selector(recipe)}", name, *args]
         if recipe in ("mlm", "clm"):
             args += ["--train_files", str(text_files[0]), "--eval_files", str(text_files[1])]
+        if name in FINETUNED_FROM:
+            args += ["--model_name_or_path", str(folders[FINETUNED_FROM[name]])]
         result = run_recipe(args, recipe=f"{recipe}.py", check=False)
         folders[name] = out if result.returncode == 0 else result.stderr[-3000:]
     return folders

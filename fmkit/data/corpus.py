@@ -2,6 +2,9 @@
 
 Docstrings of the standard library and of a few ubiquitous packages, plus CPython's pydoc topics, give
 the MLM/CLM recipes some 10 MB of technical prose with no download, so they run offline out of the box.
+Each document keeps its `source` (the dotted module it documents), so the corpus doubles as a labelled
+task for fine-tuning: which library a docstring comes from. A test split is set apart before pretraining,
+so a fine-tuned model is scored on documents its pretraining never read.
 Sources are parsed with `ast`, never imported: importing arbitrary stdlib modules has side effects
 (`pydoc_data.topics`, a plain dict of strings, is the one safe import).
 """
@@ -19,13 +22,14 @@ import sysconfig
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from pydoc_data.topics import topics
 
 from fmkit.data.cache import build_once, cache_root, fingerprint
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 """Bump whenever the same inputs would give a different corpus, so caches rebuild."""
 PACKAGES = (
     "numpy",
@@ -56,7 +60,9 @@ class CorpusFiles:
     train: Path
     """train.jsonl: one {"text", "source"} object per line."""
     eval: Path
-    """eval.jsonl: the ~1% of documents held out by hash of their text."""
+    """eval.jsonl: the ~1% of documents held out by hash of their text, for pretraining's held-out metrics."""
+    test: Path
+    """test.jsonl: another ~8% by hash, read by no pretraining recipe: the fine-tuning demo's test split."""
     description: str
     """One sentence for READMEs and model cards."""
 
@@ -67,7 +73,12 @@ def python_docs_corpus() -> CorpusFiles:
     key = fingerprint(BUILDER_VERSION, sys.version, _versions(packages))
     folder = build_once(cache_root() / "corpus" / f"python-docs-{key}", lambda tmp: _build(tmp, packages))
     stats = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
-    return CorpusFiles(train=folder / "train.jsonl", eval=folder / "eval.jsonl", description=stats["description"])
+    return CorpusFiles(
+        train=folder / "train.jsonl",
+        eval=folder / "eval.jsonl",
+        test=folder / "test.jsonl",
+        description=stats["description"],
+    )
 
 
 def _package_dirs() -> dict[str, Path]:
@@ -99,12 +110,14 @@ def _versions(packages: dict[str, Path]) -> dict[str, str]:
 
 
 def _build(out: Path, packages: dict[str, Path]) -> None:
-    counts = {split: {"documents": 0, "bytes": 0} for split in ("train", "eval")}
-    with open(out / "train.jsonl", "wb") as train, open(out / "eval.jsonl", "wb") as held_out:
+    splits = ("train", "eval", "test")
+    counts = {split: {"documents": 0, "bytes": 0} for split in splits}
+    with ExitStack() as stack:
+        files = {split: stack.enter_context(open(out / f"{split}.jsonl", "wb")) for split in splits}
         for text, source in _unique(_documents(packages)):
-            split = "eval" if int(hashlib.md5(text.encode()).hexdigest(), 16) % 100 == 0 else "train"
+            split = _split_of(text)
             line = (json.dumps({"text": text, "source": source}, ensure_ascii=False) + "\n").encode()
-            (held_out if split == "eval" else train).write(line)
+            files[split].write(line)
             counts[split]["documents"] += 1
             counts[split]["bytes"] += len(line)
     documents = sum(c["documents"] for c in counts.values())
@@ -116,6 +129,12 @@ def _build(out: Path, packages: dict[str, Path]) -> None:
     )
     stats = {"description": description, **counts}
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+
+
+def _split_of(text: str) -> str:
+    """The split a document falls in, by hash of its text: 1% eval, 8% test, the rest train."""
+    bucket = int(hashlib.md5(text.encode()).hexdigest(), 16) % 100
+    return "eval" if bucket == 0 else "test" if bucket <= 8 else "train"
 
 
 def _documents(packages: dict[str, Path]) -> Iterator[tuple[str, str]]:

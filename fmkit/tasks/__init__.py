@@ -36,6 +36,8 @@ BUILTIN: dict[str, Entry] = {
     "byol": Entry("contrastive", "fmkit.tasks.contrastive.byol"),
     "npid": Entry("contrastive", "fmkit.tasks.contrastive.npid"),
     "deepcluster": Entry("contrastive", "fmkit.tasks.contrastive.deepcluster"),
+    "text-classification": Entry("finetune", "fmkit.tasks.finetune.text"),
+    "image-classification": Entry("finetune", "fmkit.tasks.finetune.image"),
 }
 """Built-in tasks in the order recipes list them (the first of a recipe is its default)."""
 

@@ -14,6 +14,7 @@ Lifecycle, for objectives with moving parts (momentum encoders, queues, memory b
 
 * `self.step` is the index of the optimizer step being computed (0 for the first), readable in
   `begin_step`, `loss` and `after_step`;
+* `finish(model, accelerator, step)` measures what is measured once, after the last step (a test split);
 * `after_step(model, stage)` runs after every optimizer step a stage really took (never after one that
   mixed precision skipped);
 * `state_dict` / `load_state_dict` hold the task's own state. Each process saves and restores its own copy,
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -78,6 +79,10 @@ class CardDetails:
     training: dict[str, object]
     """The task's own lines in the Training table (masking rate, loss, packing)."""
     library_name: str = "transformers"
+    base_model: str | None = None
+    """The model this one was adapted from, for the Hub's `base_model:` front matter."""
+    sections: dict[str, str] = field(default_factory=dict)
+    """Further markdown sections of the card, by heading (a per-class table)."""
 
 
 class Task(ABC):
@@ -88,6 +93,14 @@ class Task(ABC):
         self.config = config
         self.step = 0
         """Index of the optimizer step being computed; set by the loop."""
+
+    @classmethod
+    def run(cls, config: TrainConfig) -> None:
+        """Train the configured task: one run of the loop. A task judged against runs of its own (fine-tuning's
+        from-scratch twin, a label-fraction sweep) overrides this to run the loop once per run."""
+        from fmkit.trainer import Trainer  # the loop imports this module
+
+        Trainer(cls(config)).fit()
 
     @abstractmethod
     def setup(self, accelerator) -> nn.Module | dict[str, nn.Module]:
@@ -132,6 +145,11 @@ class Task(ABC):
     @abstractmethod
     def card_details(self) -> CardDetails:
         """Called after `export`, on the main process only."""
+
+    def finish(self, model: nn.Module, accelerator, step: int) -> dict[str, float]:
+        """Metrics measured once, after the last step and before `export` (a test split scored with the best
+        checkpoint); collective, in eval mode under the training autocast, like `evaluate`. {} by default."""
+        return {}
 
     def after_step(self, model: nn.Module, stage: str = MAIN_STAGE) -> None:  # noqa: B027
         """Called after each optimizer step the stage took: EMA / momentum encoders, queues, schedules."""

@@ -41,6 +41,7 @@ from fmkit.models.backbone import (
     random_copy,
 )
 from fmkit.tasks.base import BatchCount, CardDetails, Task
+from fmkit.vision.crops import square_crops
 
 logger = logging.getLogger(__name__)
 
@@ -186,18 +187,7 @@ class VisionTask(Task):
 
     def crops(self, images: np.ndarray, rngs: list[np.random.Generator] | None) -> torch.Tensor:
         """[B, 3, image_size, image_size] floats in [0, 1]: seeded random crops (and flips), or centre crops."""
-        size, stored = self.config.image_size, self.config.stored_size
-        out = []
-        for i, image in enumerate(images):
-            if rngs is None:
-                top = left = (stored - size) // 2
-                flip = False
-            else:
-                top, left = (int(v) for v in rngs[i].integers(0, stored - size + 1, size=2))
-                flip = self.config.horizontal_flip and bool(rngs[i].integers(2))
-            crop = image[top : top + size, left : left + size]
-            out.append(crop[:, ::-1] if flip else crop)
-        return torch.from_numpy(np.ascontiguousarray(np.stack(out))).permute(0, 3, 1, 2).float().div_(255)
+        return square_crops(images, self.config.image_size, rngs, self.config.horizontal_flip)
 
     def batch(self, index: np.ndarray, stream: int, indices: np.ndarray, positions: np.ndarray) -> dict:
         rngs = [np.random.default_rng(s) for s in sample_seeds(self.config.seed, stream, positions)]
