@@ -266,7 +266,8 @@ def evaluate_language_model(config: EvaluateConfig, kind: str, accelerator) -> E
         metrics = task.evaluate(model, accelerator, step=0)
     if "eval_loss_unigram" in metrics:
         metrics["eval_perplexity_unigram"] = math.exp(min(metrics["eval_loss_unigram"], 50.0))
-    return Evaluation(f"{kind.upper()} language model", metrics, task.data_description)
+    held_out = f"; held out: {config.eval_files}" if config.eval_files else ""
+    return Evaluation(f"{kind.upper()} language model", metrics, task.data_description + held_out)
 
 
 def _setting(given, settings: dict, key: str, default):
