@@ -29,7 +29,7 @@ from accelerate import Accelerator
 from transformers import AutoConfig, AutoImageProcessor, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from fmkit.config import NON_NEGATIVE, POSITIVE, check_ranges, parse_config, ranged
+from fmkit.config import NON_NEGATIVE, POSITIVE, TrainConfig, check_ranges, parse_config, ranged
 from fmkit.data.image_array import PIL_MAX_PIXELS
 from fmkit.data.loader import Sharding
 from fmkit.errors import ConfigError, FmkitError
@@ -110,7 +110,7 @@ def parse_evaluate_config(argv: list[str]) -> EvaluateConfig:
     return config
 
 
-def model_config(model: str) -> PretrainedConfig:
+def read_model_config(model: str) -> PretrainedConfig:
     """MODEL's config.json, from its folder or the Hub; a one-line error naming what is wrong."""
     path = Path(model).expanduser()
     if path.is_dir() and not (path / "config.json").is_file():
@@ -150,12 +150,13 @@ def run_settings(model: str) -> dict:
 
 def evaluate(config: EvaluateConfig, accelerator: Accelerator) -> Evaluation:
     settings = run_settings(config.model)
-    kind = model_kind(config.model, model_config(config.model))
+    model_config = read_model_config(config.model)
+    kind = model_kind(config.model, model_config)
     if kind == "vision":
-        return evaluate_backbone(config, settings, accelerator)
+        return evaluate_backbone(config, model_config.model_type, settings, accelerator)
     if kind == "clip":
         return evaluate_clip(config, settings, accelerator)
-    return evaluate_language_model(config, kind, accelerator)
+    return evaluate_language_model(config, kind, model_config, accelerator)
 
 
 # -- vision ---------------------------------------------------------------------------------------------------
@@ -180,7 +181,7 @@ def representation_metrics(
     backbone: Backbone, pixels: ProbePixels, probe: ProbeSplits, config: EvaluateConfig, settings: dict, accelerator
 ) -> dict[str, float]:
     """The frozen backbone's probes, then a random-init copy's, exactly as the vision tasks log them."""
-    seed = _setting(config.seed, settings, "seed", 42)
+    seed = _setting(config.seed, settings, "seed", TrainConfig.seed)
     knn_k = _setting(config.knn_k, settings, "knn_k", KNN_K)
     measure = RepresentationProbe(probe.train, probe.test, probe.name, pixels, config.batch_size, knn_k, seed,
                                   Sharding(0, 1), accelerator.device)  # fmt: skip
@@ -190,10 +191,9 @@ def representation_metrics(
     return metrics
 
 
-def evaluate_backbone(config: EvaluateConfig, settings: dict, accelerator) -> Evaluation:
-    processor = AutoImageProcessor.from_pretrained(config.model)
+def evaluate_backbone(config: EvaluateConfig, model_type: str, settings: dict, accelerator) -> Evaluation:
+    processor = load_part(AutoImageProcessor, config.model, "image processor (preprocessor_config.json)")
     image_size, stored_size = processor_geometry(processor)
-    model_type = AutoConfig.from_pretrained(config.model).model_type
     pooling = _setting(config.feature_pooling, settings, "feature_pooling", "default")
     backbone = build_backbone(model_type, {}, config.model, image_size, pooling)
     probe = load_probe_splits(config.probe_train_images, config.probe_test_images, stored_size, config.max_image_pixels)
@@ -211,8 +211,8 @@ def evaluate_clip(config: EvaluateConfig, settings: dict, accelerator) -> Evalua
     from fmkit.models.clip import HFClip
     from fmkit.tasks.clip import Tokenize
 
-    clip = CLIPModel.from_pretrained(config.model)
-    processor = AutoImageProcessor.from_pretrained(config.model)
+    clip = load_part(CLIPModel, config.model, "CLIP weights")
+    processor = load_part(AutoImageProcessor, config.model, "image processor (processor_config.json)")
     image_size, stored_size = processor_geometry(processor)
     pixels = ProbePixels(image_size, processor.image_mean, processor.image_std)
     probe = load_probe_splits(config.probe_train_images, config.probe_test_images, stored_size, config.max_image_pixels)
@@ -220,7 +220,7 @@ def evaluate_clip(config: EvaluateConfig, settings: dict, accelerator) -> Evalua
     metrics = representation_metrics(Backbone(clip.vision_model), pixels, probe, config, settings, accelerator)
 
     model = HFClip(clip, getattr(clip.config, "logit_bias", None)).to(accelerator.device).eval()
-    tokenize = Tokenize(AutoTokenizer.from_pretrained(config.model), model.context_length)
+    tokenize = Tokenize(load_part(AutoTokenizer, config.model, "tokenizer"), model.context_length)
     class_names, templates = probe.test.class_names, ["a photo of a {}."]
     if class_names == DIGIT_CLASSES:  # the digits are named and prompted as the CLIP recipe's embedded data has them
         class_names, templates = DIGIT_WORDS, list(ZERO_SHOT_TEMPLATES)
@@ -236,7 +236,9 @@ def evaluate_clip(config: EvaluateConfig, settings: dict, accelerator) -> Evalua
 
 
 # -- language models ------------------------------------------------------------------------------------------
-def evaluate_language_model(config: EvaluateConfig, kind: str, accelerator) -> Evaluation:
+def evaluate_language_model(
+    config: EvaluateConfig, kind: str, model_config: PretrainedConfig, accelerator
+) -> Evaluation:
     """The text task's own held-out evaluation, set up as the run set it up but from the saved model and tokenizer."""
     from fmkit.data.corpus import python_docs_corpus
     from fmkit.models.language_model import usable_positions
@@ -248,7 +250,7 @@ def evaluate_language_model(config: EvaluateConfig, kind: str, accelerator) -> E
     overrides = {"model_name_or_path": config.model, "tokenizer_name_or_path": config.model, "model_config": {},
                  "per_device_batch_size": config.batch_size, "eval_batches": config.eval_batches}  # fmt: skip
     if not run_yaml.is_file():
-        overrides["block_size"] = min(run.block_size, usable_positions(AutoConfig.from_pretrained(config.model)))
+        overrides["block_size"] = min(run.block_size, usable_positions(model_config))
     if kind == "clm":
         overrides["samples"] = 0  # evaluation, not generation: nothing written into MODEL
     if config.eval_files:
@@ -268,6 +270,14 @@ def evaluate_language_model(config: EvaluateConfig, kind: str, accelerator) -> E
         metrics["eval_perplexity_unigram"] = math.exp(min(metrics["eval_loss_unigram"], 50.0))
     held_out = f"; held out: {config.eval_files}" if config.eval_files else ""
     return Evaluation(f"{kind.upper()} language model", metrics, task.data_description + held_out)
+
+
+def load_part(loader, model: str, what: str):
+    """`loader.from_pretrained(model)`, or a one-line error saying which part of the model is missing or broken."""
+    try:
+        return loader.from_pretrained(model)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{model}: cannot load its {what} ({str(error).splitlines()[0]})") from None
 
 
 def _setting(given, settings: dict, key: str, default):

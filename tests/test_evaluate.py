@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RECIPES, read_metrics, reset_accelerate, run_recipe
+from transformers import ResNetConfig
 
 from fmkit.cli import preset_path
 from fmkit.evaluate import main
@@ -99,6 +100,7 @@ def test_language_model_reports_held_out_perplexity_and_the_unigram_baseline_its
         ("{tmp}/missing", "no such folder"),
         ("{tmp}/empty", "no config.json in this folder"),
         ("{tmp}/speech", "model_type 'wav2vec2'"),
+        ("{tmp}/resnet", "cannot load its image processor"),
     ],
 )
 def test_bad_model_is_one_line_and_exit_status_2(model, expected, tmp_path, capsys):
@@ -107,6 +109,7 @@ def test_bad_model_is_one_line_and_exit_status_2(model, expected, tmp_path, caps
     (tmp_path / "speech" / "config.json").write_text(
         json.dumps({"model_type": "wav2vec2", "architectures": ["Wav2Vec2ForCTC"]})
     )
+    ResNetConfig().save_pretrained(tmp_path / "resnet")  # a backbone's config without its image processor
     status, printed, out, err = evaluate(model.format(tmp=tmp_path), capsys=capsys)
     assert status == 2 and not out
     lines = [line for line in err.splitlines() if "error:" in line]
