@@ -110,10 +110,8 @@ def load_probe_splits(
     """The labelled probe images, decoded at `stored_size`: the ones given, else fmkit's default probe set."""
     default_train, default_test = default_probe_sources()
     sources = (train_sources or default_train, test_sources or default_test)
-    train, test = (
-        load_image_array([s] if isinstance(s, str) else list(s), stored_size, labelled=True, max_pixels=max_pixels)
-        for s in sources
-    )
+    train, test = (load_image_array(split, stored_size, labelled=True, max_pixels=max_pixels) for split in sources)
     if train.class_names != test.class_names:
         raise DataError(f"probe splits disagree on classes: {train.class_names[:5]}... vs {test.class_names[:5]}...")
-    return ProbeSplits(train, test, " -> ".join(s if isinstance(s, str) else ", ".join(s) for s in sources))
+    name = " -> ".join(split if isinstance(split, str) else ", ".join(split) for split in sources)
+    return ProbeSplits(train, test, name)

@@ -161,8 +161,7 @@ class VisionTask(Task):
         config = self.config
         train_sources = config.train_images or default_train_sources()
         if train_sources:
-            sources = [train_sources] if isinstance(train_sources, str) else list(train_sources)
-            train = load_image_array(sources, config.stored_size, max_pixels=config.max_image_pixels)
+            train = load_image_array(train_sources, config.stored_size, max_pixels=config.max_image_pixels)
         else:
             train = embedded_images(config.stored_size).train
         probe = load_probe_splits(
