@@ -71,11 +71,12 @@ class EvaluateConfig:
     """CLIP: prompts a class name is put into ({} marks where). Default: the embedded digits' own prompts for
     the digits, else ["a photo of a {}."]"""
     knn_k: int | None = ranged(None, POSITIVE)
-    """Neighbours in the kNN vote; default: the run's (config.yaml), else fmkit's 200."""
+    """Vision and CLIP: neighbours in the kNN vote; default: the run's (config.yaml), else fmkit's 200."""
     feature_pooling: FeaturePooling | None = None
-    """How a backbone's output becomes one vector (default, patch_mean, stages); default: the run's, else default."""
+    """Vision: how the backbone's output becomes one vector (default, patch_mean, stages); default: the run's."""
     seed: int | None = None
-    """Seeds the random-init baseline and the probes; default: the run's seed (its logged baseline), else 42."""
+    """Vision and CLIP: seeds the random-init baseline and the probes; default: the run's seed (so its logged
+    baseline is reproduced), else 42. Language models keep the run's seed, which fixes the held-out masks."""
     eval_files: str | list[str] | None = None
     """Language models: held-out text files instead of the run's held-out split (default: the embedded
     corpus's). The unigram baseline still counts the run's training text."""
