@@ -132,13 +132,18 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Catch impossible settings before any work starts: every ranged field, in every recipe's config."""
-        for item in dataclasses.fields(self):
-            allowed = item.metadata.get("range")
-            value = getattr(self, item.name)
-            if allowed is not None and not allowed.admits(value):
-                raise ConfigError(f"{item.name} {value}: expected a value {allowed}")
+        check_ranges(self)
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("push_to_hub needs hub_model_id, e.g. --hub_model_id your-name/model-name")
+
+
+def check_ranges(config) -> None:
+    """A one-line error for the first field of a dataclass config declared with `ranged` whose value is outside it."""
+    for item in dataclasses.fields(config):
+        allowed = item.metadata.get("range")
+        value = getattr(config, item.name)
+        if allowed is not None and value is not None and not allowed.admits(value):
+            raise ConfigError(f"{item.name} {value}: expected a value {allowed}")
 
 
 def build_parser(config_cls: type[TrainConfig], prog: str) -> ArgumentParser:

@@ -7,16 +7,19 @@ running statistics) under no_grad, and is put back in the mode it was in.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from fmkit.data.image_array import ImageArray
+from fmkit.data.image_array import ImageArray, load_image_array
 from fmkit.data.loader import Sharding
+from fmkit.data.named_images import default_probe_sources
+from fmkit.errors import DataError
 from fmkit.eval.probe import few_shot_accuracy, knn_accuracy, linear_probe_accuracy
 from fmkit.models.backbone import Backbone
+from fmkit.vision.crops import square_crops
 
 
 @dataclass
@@ -70,3 +73,38 @@ class RepresentationProbe:
             out.append(backbone(pixels).float().cpu())
         backbone.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, backbone.vector_dim)
+
+
+@dataclass(frozen=True)
+class ProbePixels:
+    """uint8 [B, S, S, 3] stored images -> [B, 3, size, size] normalised centre crops: what the probes feed a backbone,
+    and what the image processor a backbone is exported with does to a new image."""
+
+    size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        mean, std = torch.tensor(self.mean).view(3, 1, 1), torch.tensor(self.std).view(3, 1, 1)
+        return (square_crops(images, self.size, None) - mean) / std
+
+
+@dataclass
+class ProbeSplits:
+    train: ImageArray
+    test: ImageArray
+    name: str
+    """The sources as given, e.g. "fashion-mnist:train:10000 -> fashion-mnist:test:2000"."""
+
+
+def load_probe_splits(
+    train_sources: str | list[str] | None, test_sources: str | list[str] | None, stored_size: int, max_pixels: int
+) -> ProbeSplits:
+    """The labelled probe images, decoded at `stored_size`: the ones given, else fmkit's default probe set."""
+    default_train, default_test = default_probe_sources()
+    sources = (train_sources or default_train, test_sources or default_test)
+    train, test = (load_image_array(split, stored_size, labelled=True, max_pixels=max_pixels) for split in sources)
+    if train.class_names != test.class_names:
+        raise DataError(f"probe splits disagree on classes: {train.class_names[:5]}... vs {test.class_names[:5]}...")
+    name = " -> ".join(split if isinstance(split, str) else ", ".join(split) for split in sources)
+    return ProbeSplits(train, test, name)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
+import open_clip
 import torch
 
 
@@ -54,3 +55,29 @@ def recall_at_k_chance(captions: Sequence[str], ks: Sequence[int]) -> dict[str, 
 def zero_shot_chance(classes: int, ks: Sequence[int]) -> dict[str, float]:
     """Top-k accuracy of guessing k classes at random: the baseline beside zero_shot_top<k>."""
     return {f"zero_shot_top{k}_chance": min(k, classes) / classes for k in ks}
+
+
+def zero_shot_accuracy(
+    model,
+    tokenize: Callable[[list[str]], torch.Tensor],
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda hits: hits,
+) -> dict[str, float]:
+    """zero_shot_top1 (and top5 beyond 5 classes) of a CLIP-style `model` (encode_image / encode_text) over
+    (normalised pixels, labels) batches, each beside its chance; `reduce` sums the counts over processes.
+
+    Each class's weights are its prompts' text embeddings averaged (open_clip's zero-shot classifier builder).
+    """
+    classifier = open_clip.build_zero_shot_classifier(model, tokenize, class_names, templates, device=device).float()
+    top = (1, 5) if len(class_names) > 5 else (1,)
+    hits = torch.zeros(len(top) + 1, dtype=torch.float64, device=device)
+    for pixels, labels in batches:
+        features = model.encode_image(pixels.to(device), normalize=True).float()
+        hits[:-1] += torch.tensor(zero_shot_hits(features @ classifier, labels.to(device), top), device=device)
+        hits[-1] += len(labels)
+    totals = reduce(hits).tolist()
+    metrics = {f"zero_shot_top{k}": totals[i] / max(totals[-1], 1.0) for i, k in enumerate(top)}
+    return {**metrics, **zero_shot_chance(len(class_names), top)}

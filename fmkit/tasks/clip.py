@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 from accelerate.utils import gather_object, send_to_device
 from open_clip.loss import ClipLoss, SigLipLoss
@@ -42,7 +41,7 @@ from fmkit.data.image_text import (
 from fmkit.data.images import Listing, iter_image_records
 from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches
 from fmkit.errors import ConfigError, DataError
-from fmkit.eval.retrieval import recall_at_k, recall_at_k_chance, zero_shot_chance, zero_shot_hits
+from fmkit.eval.retrieval import recall_at_k, recall_at_k_chance, zero_shot_accuracy
 from fmkit.losses.contrastive import AccumulatedContrastiveLoss
 from fmkit.models.batch_norm import running_statistics_kept
 from fmkit.models.clip import MAX_LOGIT_SCALE, ClipModel, ClipModelSpec, build_clip_model
@@ -271,26 +270,20 @@ class ClipTask(Task):
     def _zero_shot(self, model: ClipModel, accelerator) -> dict[str, float]:
         data = self.zero_shot
         templates = self.config.zero_shot_templates or list(data.templates)
-        classifier = open_clip.build_zero_shot_classifier(
-            model, self.tokenize, data.class_names, templates, device=accelerator.device
-        ).float()
-        top = (1, 5) if len(data.class_names) > 5 else (1,)
-        hits = torch.zeros(len(top) + 1, dtype=torch.float64, device=accelerator.device)
         per_rank = len(data.labels) // self.sharding.world
         first = self.sharding.rank * per_rank
         size = self.config.per_device_batch_size
-        for start in range(first, first + per_rank, size):
-            indices = np.arange(start, min(start + size, first + per_rank))
-            batch = classified_pixels(data, indices, self.image_size, self.config.max_image_pixels)
-            for reason, name in batch["skipped"]:
-                logger.warning("zero-shot evaluation left out %s (%s)", name, reason)
-            batch = send_to_device(batch, accelerator.device)
-            features = model.encode_image(self.normalize(batch["pixel_values"]), normalize=True).float()
-            hits[:-1] += torch.tensor(zero_shot_hits(features @ classifier, batch["labels"], top), device=hits.device)
-            hits[-1] += len(batch["labels"])
-        totals = accelerator.reduce(hits, "sum").tolist()
-        metrics = {f"zero_shot_top{k}": totals[i] / max(totals[-1], 1.0) for i, k in enumerate(top)}
-        return {**metrics, **zero_shot_chance(len(data.class_names), top)}
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for start in range(first, first + per_rank, size):
+                indices = np.arange(start, min(start + size, first + per_rank))
+                batch = classified_pixels(data, indices, self.image_size, self.config.max_image_pixels)
+                for reason, name in batch["skipped"]:
+                    logger.warning("zero-shot evaluation left out %s (%s)", name, reason)
+                yield self.normalize(batch["pixel_values"].to(accelerator.device)), batch["labels"]
+
+        return zero_shot_accuracy(model, self.tokenize, data.class_names, templates, batches(), accelerator.device,
+                                  lambda hits: accelerator.reduce(hits, "sum"))  # fmt: skip
 
     # -- export ------------------------------------------------------------------------------------------------
     def export(self, model: nn.Module, state_dict: dict, output_dir: Path) -> None:

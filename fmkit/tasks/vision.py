@@ -27,10 +27,10 @@ from fmkit.config import POSITIVE, TrainConfig, ranged
 from fmkit.data.embedded_images import EMBEDDED_DESCRIPTION, embedded_images
 from fmkit.data.image_array import ImageArray, load_image_array
 from fmkit.data.loader import EVAL_STREAM, TRAIN_STREAM, Sharding, eval_batches, sample_seeds
-from fmkit.data.named_images import default_probe_sources, default_train_sources
+from fmkit.data.named_images import default_train_sources
 from fmkit.errors import ConfigError, DataError
 from fmkit.eval.probe import KNN_K
-from fmkit.eval.representation import RepresentationProbe
+from fmkit.eval.representation import ProbePixels, RepresentationProbe, load_probe_splits
 from fmkit.models.backbone import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -142,7 +142,7 @@ class VisionTask(Task):
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
         self.probe = RepresentationProbe(
-            probe_train, probe_test, self.probe_set, lambda images: self.normalize(self.crops(images, None)),
+            probe_train, probe_test, self.probe_set, ProbePixels(config.image_size, IMAGENET_MEAN, IMAGENET_STD),
             config.per_device_batch_size, config.knn_k, config.seed, self.sharding, self.device,
         )  # fmt: skip
         backbone = build_backbone(
@@ -160,21 +160,15 @@ class VisionTask(Task):
 
     def _load_images(self) -> tuple[ImageArray, ImageArray, ImageArray, str]:
         config = self.config
-        default_train, default_test = default_probe_sources()
-        probe_sources = (config.probe_train_images or default_train, config.probe_test_images or default_test)
-
-        def load(sources, labelled: bool) -> ImageArray:
-            sources = [sources] if isinstance(sources, str) else list(sources)
-            return load_image_array(sources, config.stored_size, labelled=labelled, max_pixels=config.max_image_pixels)
-
         train_sources = config.train_images or default_train_sources()
-        train = load(train_sources, False) if train_sources else embedded_images(config.stored_size).train
-        probe_train, probe_test = (load(sources, True) for sources in probe_sources)
-        if probe_train.class_names != probe_test.class_names:
-            raise DataError(
-                f"probe splits disagree on classes: {probe_train.class_names[:5]}... vs {probe_test.class_names[:5]}..."
-            )
-        self.probe_set = " -> ".join(_spelled(sources) for sources in probe_sources)
+        if train_sources:
+            train = load_image_array(train_sources, config.stored_size, max_pixels=config.max_image_pixels)
+        else:
+            train = embedded_images(config.stored_size).train
+        probe = load_probe_splits(
+            config.probe_train_images, config.probe_test_images, config.stored_size, config.max_image_pixels
+        )
+        probe_train, probe_test, self.probe_set = probe.train, probe.test, probe.name
         trained_on = EMBEDDED_DESCRIPTION if not train_sources else f"Trained on {train.description}."
         probed_on = (
             f"The linear, kNN and few-shot probes (probe set `{self.probe_set}`) are fitted on "
@@ -268,7 +262,3 @@ class VisionTask(Task):
             training={self.family: self.pipeline_note or self.name},
             usage=usage,
         )
-
-
-def _spelled(sources: str | list[str]) -> str:
-    return sources if isinstance(sources, str) else ", ".join(sources)
