@@ -35,7 +35,7 @@ from fmkit.data.loader import Sharding
 from fmkit.errors import ConfigError, FmkitError
 from fmkit.eval.probe import KNN_K
 from fmkit.eval.representation import ProbePixels, ProbeSplits, RepresentationProbe, load_probe_splits
-from fmkit.models.backbone import Backbone, FeaturePooling, build_backbone, random_copy
+from fmkit.models.backbone import Backbone, FeaturePooling, build_backbone, processor_geometry, random_copy
 
 logger = logging.getLogger(__name__)
 
@@ -161,23 +161,6 @@ def evaluate(config: EvaluateConfig, accelerator: Accelerator) -> Evaluation:
 
 
 # -- vision ---------------------------------------------------------------------------------------------------
-def processor_geometry(processor) -> tuple[int, int]:
-    """(crop size, size images are resized to first) of an image processor, for the probes' cached arrays.
-
-    fmkit's export says it as ConvNeXt's shortest_edge and crop_pct (which ConvNeXt applies below 384 pixels);
-    CLIP's and most others' as a resize then crop_size; ViT's as a plain resize.
-    """
-    size = processor.size
-    crop_size = getattr(processor, "crop_size", None)
-    crop_pct = getattr(processor, "crop_pct", None)
-    if crop_pct and size.get("shortest_edge") and size["shortest_edge"] < 384:
-        return size["shortest_edge"], round(size["shortest_edge"] / crop_pct)
-    if crop_size and crop_size.get("height"):
-        return crop_size["height"], size.get("shortest_edge") or crop_size["height"]
-    side = size.get("shortest_edge") or size.get("height")
-    return side, side
-
-
 def representation_metrics(
     backbone: Backbone, pixels: ProbePixels, probe: ProbeSplits, config: EvaluateConfig, settings: dict, accelerator
 ) -> dict[str, float]:
@@ -206,8 +189,7 @@ def evaluate_backbone(config: EvaluateConfig, model_type: str, settings: dict, a
 def evaluate_clip(config: EvaluateConfig, settings: dict, accelerator) -> Evaluation:
     from transformers import AutoTokenizer, CLIPModel
 
-    from fmkit.data.embedded_images import DIGIT_CLASSES
-    from fmkit.data.embedded_pairs import DIGIT_WORDS, ZERO_SHOT_TEMPLATES
+    from fmkit.data.embedded_pairs import zero_shot_prompts
     from fmkit.eval.retrieval import zero_shot_accuracy
     from fmkit.models.clip import HFClip
     from fmkit.tasks.clip import Tokenize
@@ -222,9 +204,7 @@ def evaluate_clip(config: EvaluateConfig, settings: dict, accelerator) -> Evalua
 
     model = HFClip(clip, getattr(clip.config, "logit_bias", None)).to(accelerator.device).eval()
     tokenize = Tokenize(load_part(AutoTokenizer, config.model, "tokenizer"), model.context_length)
-    class_names, templates = probe.test.class_names, ["a photo of a {}."]
-    if class_names == DIGIT_CLASSES:  # the digits are named and prompted as the CLIP recipe's embedded data has them
-        class_names, templates = DIGIT_WORDS, list(ZERO_SHOT_TEMPLATES)
+    class_names, templates = zero_shot_prompts(probe.test.class_names)
     images, labels = probe.test.images, torch.from_numpy(probe.test.labels)
     batches = (
         (pixels(images[start : start + config.batch_size]), labels[start : start + config.batch_size])

@@ -165,7 +165,7 @@ def _si(value: float) -> str:
 
 
 BASELINE_SUFFIXES = ("_random_backbone", "_unigram", "_degraded_input", "_bicubic", "_grey", "_mean_patch", "_chance",
-                     "_scratch", "_majority")  # fmt: skip
+                     "_scratch", "_majority", "_zero_shot")  # fmt: skip
 """Metric X's trivial baseline is logged as X plus one of these: what X is without what is being measured
 (training, context, a model at all). The model card and curves.png pair them by these names."""
 

@@ -111,15 +111,18 @@ def test_exports_reproduce_the_logged_test_accuracy_in_a_fresh_process(tmp_path,
     images: plain `pipeline(...)` on the test split gives the accuracy the run logged, and the merged model's
     outputs are the adapter's on its base model."""
     text_run, image_run = tmp_path / "text", tmp_path / "image"
+    unlabelled = tmp_path / "unlabelled.txt"
+    rows = [json.loads(line) for line in labelled_files["test"].read_text().splitlines()]
+    unlabelled.write_text("".join(row["text"].replace("\n", " ") + "\n" for row in rows[:5]))
     finetune("text-classification", text_run, *text_args(mlm_model, labelled_files, "--adapter", "lora",
-             "--gradient_checkpointing", "true", "--max_steps", "12", "--learning_rate", "5e-3"))  # fmt: skip
+             "--gradient_checkpointing", "true", "--max_steps", "12", "--learning_rate", "5e-3",
+             "--do_predict", str(unlabelled)))  # fmt: skip
     finetune("image-classification", image_run, "--model_name_or_path", str(backbone), "--adapter", "linear",
              "--eval_batches", "0", "--label_fraction", "1", "--max_steps", "30",
              "--learning_rate", "3e-2")  # fmt: skip
     from fmkit.data.image_array import load_image_array
 
     test_images = load_image_array(["embedded:digits:test"], 36, labelled=True)
-    rows = [json.loads(line) for line in labelled_files["test"].read_text().splitlines()]
     payload = [str(text_run), str(mlm_model), [r["text"] for r in rows], [r["label"] for r in rows], str(image_run),
                test_images.images.tolist(), [test_images.class_names[i] for i in test_images.labels]]  # fmt: skip
     (tmp_path / "payload.json").write_text(json.dumps(payload))
@@ -136,6 +139,9 @@ def test_exports_reproduce_the_logged_test_accuracy_in_a_fresh_process(tmp_path,
         assert "base_model: " in card and "Per-class results (test split)" in card
         assert (run / "confusion_matrix.png").stat().st_size > 1000
     assert (text_run / "adapter" / "adapter_config.json").is_file()
+    predictions = [json.loads(line) for line in (text_run / "predictions.jsonl").read_text().splitlines()]
+    assert [p["input"] for p in predictions] == unlabelled.read_text().splitlines()
+    assert all(p["label"] in {"stdlib", "pandas", "numpy", "pip"} and 0 < p["score"] <= 1 for p in predictions)
 
 
 def test_the_linear_probe_leaves_every_backbone_weight_and_batchnorm_statistic_as_pretrained(tmp_path, backbone):
@@ -206,6 +212,47 @@ def test_a_model_without_a_pad_token_gets_its_own_and_pools_the_last_real_token(
     assert torch.allclose(alone, together, atol=1e-5)
 
 
+def test_a_dataset_by_name_with_class_labels_and_text_pairs(tmp_path, mlm_model):
+    """A GLUE-shaped dataset (sentence pairs, a ClassLabel column, named splits) read by name: the label names are
+    the ClassLabel's, and pairs are encoded as pairs."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"premise": Value("string"), "hypothesis": Value("string"),
+                         "verdict": ClassLabel(names=["entailment", "contradiction"])})  # fmt: skip
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for split, count in (("train", 40), ("validation", 10), ("test", 10)):
+        rows = {"premise": [f"The value is {i}." for i in range(count)],
+                "hypothesis": [f"The value is {i + i % 2}." for i in range(count)],
+                "verdict": [i % 2 for i in range(count)]}  # fmt: skip
+        Dataset.from_dict(rows, features=features).to_parquet(folder / f"{split}.parquet")
+    out = tmp_path / "run"
+    finetune("text-classification", out, "--model_name_or_path", str(mlm_model), "--dataset_name", str(folder),
+             "--validation_split", "validation", "--text_column", "premise", "--text_pair_column", "hypothesis",
+             "--label_column", "verdict", "--max_steps", "2")  # fmt: skip
+    labels = json.loads((out / "labels.json").read_text())
+    assert labels["class_names"] == ["contradiction", "entailment"] and labels["training_examples"] == 40
+    config = json.loads((out / "config.json").read_text())
+    assert sorted(config["id2label"].values()) == ["contradiction", "entailment"]
+
+
+def test_a_clip_model_is_fine_tuned_as_its_vision_tower_beside_its_own_zero_shot_accuracy(tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    clip = tmp_path / "clip"
+    run_recipe([*preset("clip", "clip"), "--output_dir", str(clip), "--max_steps", "2", "--eval_every", "0",
+                "--save_every", "0"], recipe="clip.py")  # fmt: skip
+    out = tmp_path / "run"
+    finetune("image-classification", out, "--model_name_or_path", str(clip), "--adapter", "linear",
+             "--label_fraction", "1", "--max_steps", "30", "--learning_rate", "3e-2",
+             "--eval_batches", "0")  # fmt: skip
+    scores = final(out)
+    assert 0 < scores["test_accuracy_zero_shot"] < 0.3  # two steps of CLIP: near chance (0.1)
+    assert scores["test_accuracy"] > scores["test_accuracy_zero_shot"] + 0.1, scores
+    assert any("eval_accuracy_zero_shot" in m for m in read_metrics(out))
+    assert type(AutoModelForImageClassification.from_pretrained(out)).__name__ == "CLIPForImageClassification"
+
+
 def test_bad_input_is_one_line(tmp_path, mlm_model, labelled_files, monkeypatch):
     no_label = tmp_path / "no_label.jsonl"
     no_label.write_text(json.dumps({"text": "a docstring", "library": "numpy"}) + "\n")
@@ -221,7 +268,7 @@ def test_bad_input_is_one_line(tmp_path, mlm_model, labelled_files, monkeypatch)
 
     result = finetune("text-classification", tmp_path / "c", *text_args(mlm_model, labelled_files, "--adapter", "lora",
                       "--lora_target_modules", "[q_proj]"), check=False)  # fmt: skip
-    assert_one_line_error(result, "--lora_target_modules q_proj: no such linear or convolution module")
+    assert_one_line_error(result, "--lora_target_modules q_proj: no such linear, convolution or embedding module")
     assert "Wqkv" in result.stderr
 
     classifier = tmp_path / "four-classes"

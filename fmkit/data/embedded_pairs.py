@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fmkit.data.embedded_images import PROBE_TRAIN_DIGITS, embedded_images, photo_crop_sources
+from fmkit.data.embedded_images import DIGIT_CLASSES, PROBE_TRAIN_DIGITS, embedded_images, photo_crop_sources
 from fmkit.data.image_text import ClassifiedImages, Images, ImageTextPairs
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -87,3 +87,11 @@ def _digit_caption(label: int, pick: np.random.Generator) -> str:
 def _photo_caption(stem: str, pick: np.random.Generator) -> str:
     template = PHOTO_CAPTIONS[pick.integers(len(PHOTO_CAPTIONS))]
     return template.format(subject=PHOTO_SUBJECTS.get(stem, stem.replace("_", " ")))
+
+
+def zero_shot_prompts(class_names: list[str]) -> tuple[list[str], list[str]]:
+    """Class names and prompt templates for scoring a CLIP model zero-shot: the embedded digits as the CLIP recipe
+    names and prompts them, any other classes as "a photo of a {}."."""
+    if list(class_names) == list(DIGIT_CLASSES):
+        return list(DIGIT_WORDS), list(ZERO_SHOT_TEMPLATES)
+    return list(class_names), ["a photo of a {}."]

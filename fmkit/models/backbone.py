@@ -136,6 +136,23 @@ def image_processor(image_size: int, stored_size: int) -> ConvNextImageProcessor
     )
 
 
+def processor_geometry(processor) -> tuple[int, int]:
+    """(crop size, size images are resized to first) of an image processor, for the probes' cached arrays.
+
+    fmkit's export says it as ConvNeXt's shortest_edge and crop_pct (which ConvNeXt applies below 384 pixels);
+    CLIP's and most others' as a resize then crop_size; ViT's as a plain resize.
+    """
+    size = processor.size
+    crop_size = getattr(processor, "crop_size", None)
+    crop_pct = getattr(processor, "crop_pct", None)
+    if crop_pct and size.get("shortest_edge") and size["shortest_edge"] < 384:
+        return size["shortest_edge"], round(size["shortest_edge"] / crop_pct)
+    if crop_size and crop_size.get("height"):
+        return crop_size["height"], size.get("shortest_edge") or crop_size["height"]
+    side = size.get("shortest_edge") or size.get("height")
+    return side, side
+
+
 def _model_kwargs(model_type: str) -> dict:
     return {"add_pooling_layer": False} if model_type in WITHOUT_POOLER else {}
 

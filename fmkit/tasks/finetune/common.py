@@ -18,7 +18,7 @@ import logging
 import os
 from abc import abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -63,6 +63,8 @@ class FinetuneConfig(TrainConfig):
 
     model_name_or_path: str | None = None
     """The model to adapt: an fmkit output folder, any transformers checkpoint folder or a Hub id."""
+    model_config: dict = field(default_factory=dict)
+    """Overrides for the model's config, e.g. {classifier_pooling: mean} (ModernBERT) or {classifier_dropout: 0.1}."""
     adapter: Adapter = "full"
     """full: train every weight; linear: a frozen backbone (eval-mode BatchNorm, no gradients) under a trained
     head; lora: peft LoRA matrices plus the head."""
@@ -167,6 +169,11 @@ class ClassificationTask(Task):
         """Adjust the loaded model to the processor (a pad token); the model as it is by default."""
         return model
 
+    def fixed_baselines(self, accelerator) -> dict[str, dict[str, float]]:
+        """Baselines that training cannot change, measured once on the validation and test splits, as
+        {"eval": {...}, "test": {...}} (a CLIP model's own zero-shot accuracy); none by default."""
+        return {"eval": {}, "test": {}}
+
     # -- the run ---------------------------------------------------------------------------------------------
     @classmethod
     def run(cls, config: FinetuneConfig) -> None:
@@ -178,8 +185,11 @@ class ClassificationTask(Task):
                 logger.info("%s is complete: not run again", out)
                 return
             if run_config.compare_scratch:
+                # A resumed run resumes its twin from the twin's own latest checkpoint.
+                resume = "latest" if run_config.resume_from_checkpoint else None
                 scratch = replace(run_config, output_dir=str(out / SCRATCH_DIR), from_scratch=True,
-                                  compare_scratch=False, push_to_hub=False, do_predict=None)  # fmt: skip
+                                  compare_scratch=False, push_to_hub=False, do_predict=None,
+                                  resume_from_checkpoint=resume)  # fmt: skip
                 fit(scratch)
             Trainer(cls(run_config)).fit()
 
@@ -224,6 +234,7 @@ class ClassificationTask(Task):
         logger.info("%s: %d training, %d validation, %d test examples, %d classes", self.name, len(train),
                     len(validation), len(self.test), len(self.class_names))  # fmt: skip
         model = self.prepare_model(self._load_model())
+        self.model_type = model.config.model_type
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.frozen: list[nn.Module] = []
@@ -244,13 +255,15 @@ class ClassificationTask(Task):
         self.model = model
         self.best = {"step": -1, "metric": -1.0, "weights": {}}
         self.scratch = run_metrics(Path(config.output_dir) / SCRATCH_DIR) if config.compare_scratch else {}
+        self.baselines = self.fixed_baselines(accelerator)
         return model
 
     def _load_model(self) -> nn.Module:
         from transformers import AutoConfig
 
         config, labels = self.config, self.class_names
-        mapping = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
+        mapping = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)},
+                   **config.model_config}  # fmt: skip
         path = config.model_name_or_path
         try:
             if config.from_scratch:
@@ -305,7 +318,7 @@ class ClassificationTask(Task):
             kept |= {n for n, _ in self.model.named_buffers()}  # BatchNorm statistics move in training too
             weights = {n: t.detach().cpu().clone() for n, t in self.model.state_dict().items() if n in kept}
             self.best = {"step": step, "metric": score, "weights": weights}
-        return {**metrics, **self._scratch_twins(step, metrics)}
+        return {**metrics, **self.baselines["eval"], **self._scratch_twins(step, metrics)}
 
     def finish(self, model: nn.Module, accelerator, step: int) -> dict[str, float]:
         """The test split, scored once with the best evaluation's weights (which the export then saves)."""
@@ -323,7 +336,7 @@ class ClassificationTask(Task):
             self._write_labels()
         if self.config.do_predict:
             self._write_predictions(model, accelerator)
-        return {**metrics, **self._scratch_twins(None, metrics)}
+        return {**metrics, **self.baselines["test"], **self._scratch_twins(None, metrics)}
 
     def predictions(self, model: nn.Module, split: Split, accelerator) -> tuple[np.ndarray, np.ndarray]:
         """(predicted, true) class ids of the first (n // processes) x processes examples, on every process."""
@@ -389,7 +402,7 @@ class ClassificationTask(Task):
 
     def card_details(self) -> CardDetails:
         config = self.config
-        model_type = self.model.config.model_type if hasattr(self.model, "config") else "model"
+        model_type = self.model_type
         start = "random initialisation (the scratch baseline)" if config.from_scratch else config.model_name_or_path
         architecture = (
             f"{model_type} with a {len(self.class_names)}-class head, from {start}; the {config.adapter} adapter "

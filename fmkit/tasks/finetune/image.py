@@ -23,7 +23,7 @@ from fmkit.data.images import BadImage, decode_image, resize_square
 from fmkit.data.loader import sample_seeds
 from fmkit.data.named_images import default_probe_sources
 from fmkit.errors import DataError
-from fmkit.models.backbone import IMAGENET_MEAN, IMAGENET_STD, image_processor
+from fmkit.models.backbone import IMAGENET_MEAN, IMAGENET_STD, image_processor, processor_geometry
 from fmkit.tasks import register_task
 from fmkit.tasks.finetune.common import ClassificationTask, FinetuneConfig, LabelledData, Split, class_ids
 from fmkit.vision.crops import square_crops
@@ -46,10 +46,12 @@ class ImageClassificationConfig(FinetuneConfig):
     """Labelled images that pick the best checkpoint; none: validation_fraction of the training images."""
     test_images: str | list[str] | None = None
     """Labelled images scored once at the end. Default: fashion-mnist:test:2000, else embedded:digits:test."""
-    image_size: int = ranged(64, POSITIVE)
-    """Side of the square crops the model sees (fmkit's vision demos train at 64)."""
-    stored_size: int = ranged(72, POSITIVE)
-    """Images are decoded once and cached at this square size; training takes random image_size crops."""
+    image_size: int | None = ranged(None, POSITIVE)
+    """Side of the square crops the model sees; default: what the pretrained model's image processor crops (else
+    64)."""
+    stored_size: int | None = ranged(None, POSITIVE)
+    """Images are decoded once and cached at this square size, training takes random image_size crops; default: what
+    the pretrained model's image processor resizes to (else 72)."""
     horizontal_flip: bool = False
     """Also flip training crops at random."""
     max_image_pixels: int = ranged(89_478_485, POSITIVE)
@@ -66,7 +68,7 @@ class ImageClassification(ClassificationTask):
 
     def load_data(self) -> LabelledData:
         config = self.config
-        self._load_normalisation()
+        self._load_geometry()
         _, default_test = default_probe_sources()
         train = self._images(config.train_images or default_labelled_train())
         test = self._images(config.test_images or default_test)
@@ -83,20 +85,57 @@ class ImageClassification(ClassificationTask):
 
     def _images(self, sources: str | list[str]) -> ImageArray:
         config = self.config
-        array = load_image_array(sources, config.stored_size, labelled=True, max_pixels=config.max_image_pixels)
+        array = load_image_array(sources, self.stored_size, labelled=True, max_pixels=config.max_image_pixels)
         if array.labels is None or not len(array.images):
             raise DataError(f"{sources}: no labelled images")
         return array
 
-    def _load_normalisation(self) -> None:
-        """The pretrained model's own mean and std where it ships an image processor; ImageNet's otherwise."""
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    def _load_geometry(self) -> None:
+        """Crop, stored size, mean and std: as given, else the pretrained model's image processor's, else fmkit's
+        vision defaults (64 of 72 pixels, ImageNet's statistics)."""
+        config = self.config
+        image_size, stored_size, mean, std = 64, 72, IMAGENET_MEAN, IMAGENET_STD
         try:
-            processor = AutoImageProcessor.from_pretrained(self.config.model_name_or_path)
+            processor = AutoImageProcessor.from_pretrained(config.model_name_or_path)
+        except (OSError, ValueError):
+            processor = None
+        if processor is not None:
+            image_size, stored_size = processor_geometry(processor)
             mean, std = processor.image_mean, processor.image_std
-        except (OSError, ValueError, AttributeError):
-            pass
+        self.image_size = config.image_size or image_size
+        self.stored_size = config.stored_size or max(stored_size, self.image_size)
         self.mean, self.std = (torch.tensor(values, dtype=torch.float32).view(3, 1, 1) for values in (mean, std))
+
+    def fixed_baselines(self, accelerator) -> dict[str, dict[str, float]]:
+        """For a CLIP model: its own zero-shot accuracy (class names as prompts), which the fine-tune must beat."""
+        if self.model_type != "clip" or self.config.from_scratch:
+            return super().fixed_baselines(accelerator)
+        from transformers import AutoTokenizer, CLIPModel
+
+        from fmkit.data.embedded_pairs import zero_shot_prompts
+        from fmkit.eval.retrieval import zero_shot_accuracy
+        from fmkit.models.clip import HFClip
+        from fmkit.tasks.clip import Tokenize
+
+        path = self.config.model_name_or_path
+        clip = CLIPModel.from_pretrained(path)
+        model = HFClip(clip, getattr(clip.config, "logit_bias", None)).to(accelerator.device).eval()
+        tokenize = Tokenize(AutoTokenizer.from_pretrained(path), model.context_length)
+        names, templates = zero_shot_prompts(self.class_names)
+        baselines = {}
+        for prefix, split in (("eval", self.validation), ("test", self.test)):
+            batch_size = self.config.per_device_batch_size
+            batches = (
+                (batch["pixel_values"], batch["labels"])
+                for batch in (self.make_batch(split, np.arange(start, min(start + batch_size, len(split))), False)
+                              for start in range(0, len(split), batch_size))
+            )  # fmt: skip
+            with torch.no_grad():
+                scores = zero_shot_accuracy(model, tokenize, names, templates, batches, accelerator.device)
+            baselines[prefix] = {f"{prefix}_accuracy_zero_shot": scores["zero_shot_top1"]}
+        validation, test = baselines["eval"]["eval_accuracy_zero_shot"], baselines["test"]["test_accuracy_zero_shot"]
+        logger.info("%s: %s zero-shot: %.4f on validation, %.4f on test", self.name, path, validation, test)
+        return baselines
 
     def make_batch(self, split: Split, positions: np.ndarray, training: bool) -> dict:
         picked = split.index[positions]
@@ -106,7 +145,7 @@ class ImageClassification(ClassificationTask):
         rngs = None
         if training:
             rngs = [np.random.default_rng(s) for s in sample_seeds(self.config.seed, TRAIN_SEED_STREAM, positions)]
-        pixels = square_crops(images, self.config.image_size, rngs, self.config.horizontal_flip)
+        pixels = square_crops(images, self.image_size, rngs, self.config.horizontal_flip)
         return {"pixel_values": (pixels - self.mean) / self.std, "labels": torch.from_numpy(split.labels[positions])}
 
     def predict_inputs(self, path: str) -> tuple[list[str], Split]:
@@ -119,7 +158,7 @@ class ImageClassification(ClassificationTask):
                 skipped += 1
                 continue
             names.append(str(file))
-            images.append(resize_square(image, self.config.stored_size))
+            images.append(resize_square(image, self.stored_size))
         if skipped:
             logger.warning("do_predict %s: %d undecodable files skipped", path, skipped)
         if not images:
@@ -128,7 +167,7 @@ class ImageClassification(ClassificationTask):
         return names, Split(array, np.arange(len(array)), np.zeros(len(array), dtype=np.int64))
 
     def save_processor(self, output_dir: Path) -> None:
-        processor = image_processor(self.config.image_size, self.config.stored_size)
+        processor = image_processor(self.image_size, self.stored_size)
         processor.image_mean, processor.image_std = self.mean.flatten().tolist(), self.std.flatten().tolist()
         processor.save_pretrained(output_dir)
 
@@ -143,3 +182,4 @@ class ImageClassification(ClassificationTask):
 def default_labelled_train() -> str:
     """Fashion-MNIST's 60,000 training images where the package is installed, the embedded digits elsewhere."""
     return "fashion-mnist:train" if fashion_mnist_installed() else "embedded:digits:train"
+

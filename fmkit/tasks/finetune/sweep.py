@@ -33,8 +33,9 @@ def run_metrics(output_dir: Path) -> dict:
 
 
 def completed(output_dir: Path) -> bool:
-    """A run that scored its test split and exported its model (a sweep resumed later skips it)."""
-    return FINAL in run_metrics(output_dir) and (Path(output_dir) / "config.json").is_file()
+    """A run that scored its test split and wrote its model card, the last thing a run writes (a sweep resumed later
+    skips it)."""
+    return FINAL in run_metrics(output_dir) and (Path(output_dir) / "README.md").is_file()
 
 
 def write_sweep(root: Path, runs: dict[float, Path], metric: str) -> Path:
