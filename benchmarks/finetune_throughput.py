@@ -136,9 +136,16 @@ def hf_worker(spec_path: Path) -> None:
     """run_glue.py's recipe: tokenize with truncation, DataCollatorWithPadding, Trainer; then predict on test."""
     import numpy as np
     from datasets import load_dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        set_seed,
+    )
 
     spec = read_spec(spec_path)
+    set_seed(42)  # before the model, as run_glue.py does: the new head starts the same in every repeat
     files = spec["files"]
     raw = {role: load_dataset("json", data_files=files[role], split="train") for role in ("train", "test")}
     class_names = sorted(set(raw["train"]["label"]))
