@@ -234,21 +234,26 @@ def compare(
     fmkit: Callable[[], dict],
     hf: Callable[[], dict],
     columns: dict[str, Column] = RATE_COLUMNS,
+    rate: str = "tokens_per_s",
+    extra: dict | None = None,
 ) -> None:
-    """Alternate the two sides `repeats` times, print a line per run and a table, write the JSON report."""
+    """Alternate the two sides `repeats` times, print a line per run and a table, write the JSON report.
+
+    `rate` is the key of each side's result that the ratio compares (samples_per_s where padding varies);
+    `extra` goes into the report as it is (measurements beside the comparison).
+    """
     runs = []
     for repeat in range(args.repeats):
         fmkit_run, hf_run = fmkit(), hf()
-        runs.append({"repeat": repeat, "fmkit": fmkit_run, "hf": hf_run,
-                     "ratio": fmkit_run["tokens_per_s"] / hf_run["tokens_per_s"]})  # fmt: skip
-        print(f"{label} #{repeat}: fmkit {fmkit_run['tokens_per_s']:.0f} tok/s | HF {hf_run['tokens_per_s']:.0f} tok/s "
+        runs.append({"repeat": repeat, "fmkit": fmkit_run, "hf": hf_run, "ratio": fmkit_run[rate] / hf_run[rate]})
+        print(f"{label} #{repeat}: fmkit {fmkit_run[rate]:.1f} | HF {hf_run[rate]:.1f} {rate} "
               f"| ratio {runs[-1]['ratio']:.2f}x", flush=True)  # fmt: skip
 
     print(f"\n| config | run | {' | '.join(columns)} |\n|---|---|{'---|' * len(columns)}")
     for run in runs:
         print(f"| {label} | {run['repeat']} | {' | '.join(cell(run) for cell in columns.values())} |")
     report = {"label": label, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "hf_worker")},
-              "model_config": config, "machine": machine(), "runs": runs}  # fmt: skip
+              "model_config": config, "machine": machine(), "runs": runs, **(extra or {})}  # fmt: skip
     save_report(report, args.out)
 
 
