@@ -2,7 +2,7 @@
 
 Each run is `python recipes/finetune.py ... --seed S` as a user runs it, in its own process. The seed changes the
 head's initialisation, the validation split and the data order; the pretrained model stays the one given (the
-demos': runs/mlm-demo, runs/contrastive-simclr, runs/pretext-rotation; make them first). From each run it keeps
+demos': runs/mlm-demo, runs/pretext-rotation, runs/contrastive-simclr; make them first). From each run it keeps
 the test scores (with the scratch twin's, when the row trains one) and the share of trained parameters, and
 prints mean +- spread (half the range) per row as a Markdown table and as JSON.
 
@@ -26,8 +26,8 @@ ROWS = {
     "text-lora": ["--task", "text-classification", "--adapter", "lora", "--learning_rate", "5e-3",
                   "--compare_scratch", "false"],
     "text-linear": ["--task", "text-classification", "--adapter", "linear", "--compare_scratch", "false"],
-    "image-simclr": ["--task", "image-classification"],
-    "image-rotation": ["--task", "image-classification", "--model_name_or_path", "runs/pretext-rotation"],
+    "image-rotation": ["--task", "image-classification"],
+    "image-simclr": ["--task", "image-classification", "--model_name_or_path", "runs/contrastive-simclr"],
 }
 """Each row's flags on top of its task's demo preset."""
 TRAINED_SHARE = re.compile(r"adapter trains ([\d,]+) of ([\d,]+) parameters")
@@ -58,9 +58,10 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
         accuracy = [r["test_accuracy"] for r in runs]
         scratch = [r["test_accuracy_scratch"] for r in runs if "test_accuracy_scratch" in r]
         gains = [100 * (r["test_accuracy"] - r["test_accuracy_scratch"]) for r in runs if "test_accuracy_scratch" in r]
+        gain = f"{sum(gains) / len(gains):+.1f} ({min(gains):+.1f} to {max(gains):+.1f})" if gains else "-"
         cells = [row, str(len(runs)), f"{sum(r['wall_s'] for r in runs) / len(runs):.0f}",
                  f"{100 * runs[0]['trained_share']:.2f}%", spread(accuracy), spread(scratch) if scratch else "-",
-                 f"{sum(gains) / len(gains):+.1f} ({min(gains):+.1f} to {max(gains):+.1f})" if gains else "-"]  # fmt: skip
+                 gain]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
