@@ -283,3 +283,27 @@ def test_bad_input_is_one_line(tmp_path, mlm_model, labelled_files, monkeypatch)
     result = run_recipe(["--output_dir", str(tmp_path / "e")], recipe="finetune.py", check=False)
     assert_one_line_error(result, "runs/mlm-demo: no model there yet; make it first with "
                           "`accelerate launch recipes/mlm.py`")  # fmt: skip
+
+
+def test_layer_decay_and_the_head_multiplier_scale_each_parameters_learning_rate():
+    """Block i of L trains at decay^(L - i), embeddings at decay^(L + 1), the head at head_lr_multiplier."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from fmkit.optim import parameter_groups
+    from fmkit.tasks import get_task
+    from fmkit.tasks.finetune.adapters import layer_depths
+
+    task_class = get_task("text-classification")
+    task = task_class(task_class.config_class(model_name_or_path="x", layer_decay=0.5, head_lr_multiplier=10))
+    config = BertConfig(vocab_size=64, hidden_size=8, num_hidden_layers=3, num_attention_heads=2,
+                        intermediate_size=16, num_labels=3)  # fmt: skip
+    model = BertForSequenceClassification(config)
+    task.depths, task.top_depth = layer_depths([name for name, _ in model.named_parameters()])
+    factor = task.lr_multiplier
+    assert factor("bert.embeddings.word_embeddings.weight") == 0.5**4
+    assert factor("bert.encoder.layer.0.attention.self.query.weight") == 0.5**3
+    assert factor("bert.encoder.layer.2.output.dense.weight") == 0.5
+    assert factor("bert.pooler.dense.weight") == 1.0
+    assert factor("classifier.weight") == 10.0
+    groups = parameter_groups(model, 0.01, factor)
+    assert sorted({group["lr_multiplier"] for group in groups}) == [0.5**4, 0.5**3, 0.5**2, 0.5, 1.0, 10.0]
