@@ -365,15 +365,19 @@ def clm_args(text_files) -> list[str]:
     train, held_out = text_files
     return ["--train_files", str(train), "--eval_files", str(held_out), "--model_config", TINY_GPT,
             "--vocab_size", "512", *TINY_TRAINING, "--document_aware", "true", "--max_steps", "8",
-            "--log_every", "1", "--eval_every", "8", "--save_every", "0", "--samples", "1"]  # fmt: skip
+            "--log_every", "1", "--eval_every", "8", "--eval_batches", "0", "--save_every", "0",
+            "--samples", "1"]  # fmt: skip
 
 
 def test_causal_lm_two_processes_match_one(tmp_path, text_files, two_processes):
+    """The whole held-out split on both (`--eval_batches 0`): with the demo's cap of 10 batches per process, one
+    process would score the first 160 blocks and two processes blocks 0-79 and 127-206."""
     one = tmp_path / "one"
     run([*clm_args(text_files), "--output_dir", str(one), "--per_device_batch_size", "16"], recipe="clm.py")
     two, _ = two_processes("ddp.yaml", "clm")
     assert train_losses(two)[1] == pytest.approx(train_losses(one)[1], rel=1e-5)
     assert train_losses(two)[8] == pytest.approx(train_losses(one)[8], rel=1e-3)
+    assert eval_losses(two)[0] == pytest.approx(eval_losses(one)[0], rel=1e-5)
     assert eval_losses(two)[8] == pytest.approx(eval_losses(one)[8], rel=1e-3)
     assert eval_losses(two)[8] < eval_losses(two)[0]
 
