@@ -115,15 +115,10 @@ def adaptable_module_names(model: nn.Module) -> list[str]:
 def layer_depths(parameter_names: list[str]) -> tuple[dict[str, int], int]:
     """Each parameter's depth for layer-wise decay: 0 for embeddings, i + 1 for block i, blocks + 1 for the head
     and anything after the last block (final norms, poolers); and that top depth."""
-    blocks = [int(match.group(1)) for name in parameter_names if (match := _LAYER_INDEX.search(name))]
-    top = (max(blocks) + 2) if blocks else 1
-    depths = {}
-    seen_block = False
-    for name in parameter_names:
-        match = _LAYER_INDEX.search(name)
-        if match:
-            seen_block = True
-            depths[name] = int(match.group(1)) + 1
-        else:
-            depths[name] = top if (seen_block or is_head(name)) else 0
+    matches = {name: _LAYER_INDEX.search(name) for name in parameter_names}
+    top = max((int(match.group(1)) + 2 for match in matches.values() if match), default=1)
+    depths, seen_block = {}, False
+    for name, match in matches.items():
+        seen_block = seen_block or match is not None
+        depths[name] = int(match.group(1)) + 1 if match else (top if seen_block or is_head(name) else 0)
     return depths, top

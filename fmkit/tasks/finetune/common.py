@@ -48,7 +48,7 @@ from fmkit.tasks.finetune.adapters import (
     is_head,
     layer_depths,
 )
-from fmkit.tasks.finetune.sweep import LABELS_FILE, completed, run_metrics, write_sweep
+from fmkit.tasks.finetune.sweep import FINAL, LABELS_FILE, completed, run_metrics, write_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ class FinetuneConfig(TrainConfig):
     lora_dropout: float = ranged(0.0, Range(0, 1, high_open=True))
     """Dropout on the LoRA branch's input."""
     lora_target_modules: list[str] | None = None
-    """Module-name suffixes LoRA adapts; default: fmkit's set for the model type (attention and MLP projections,
-    the convolutions of ResNets and ConvNeXts)."""
+    """Module-name suffixes LoRA adapts; default: fmkit's set for the model type (attention and MLP projections, the
+    token embeddings of text models, the convolutions of ResNets and ConvNeXts: adapters.LORA_TARGETS)."""
     merge_lora: bool = True
     """Save the LoRA-merged model at the root of output_dir (the adapter is in adapter/ either way); false puts
     the adapter at the root, naming its base model."""
@@ -214,7 +214,6 @@ class ClassificationTask(Task):
 
     def setup(self, accelerator) -> nn.Module:
         config = self.config
-        self.device = accelerator.device
         self.sharding = Sharding(accelerator.process_index, accelerator.num_processes)
         demo = DEMO_OUTPUTS.get(str(config.model_name_or_path).rstrip("/"))
         if demo and not (Path(config.model_name_or_path) / "config.json").is_file():
@@ -273,7 +272,7 @@ class ClassificationTask(Task):
                 path, **mapping, ignore_mismatched_sizes=config.ignore_mismatched_sizes, output_loading_info=True
             )
         except (OSError, ValueError) as error:
-            raise ConfigError(f"model_name_or_path {path}: cannot load it ({first_line(error)})") from None
+            raise ConfigError(f"model_name_or_path {path}: cannot load it ({str(error).splitlines()[0]})") from None
         except RuntimeError as error:
             if "ignore_mismatched_sizes" not in str(error):
                 raise
@@ -334,7 +333,7 @@ class ClassificationTask(Task):
                 accelerator.get_tracker("tensorboard", unwrap=True).add_figure("confusion_matrix", figure, step)
             write_confusion_matrix(figure, self.config.output_dir)
             self._write_labels()
-        if self.config.do_predict:
+        if self.config.do_predict and accelerator.is_main_process:
             self._write_predictions(model, accelerator)
         return {**metrics, **self.baselines["test"], **self._scratch_twins(None, metrics)}
 
@@ -354,7 +353,7 @@ class ClassificationTask(Task):
 
     def _scratch_twins(self, step: int | None, metrics: dict[str, float]) -> dict[str, float]:
         """The scratch run's value of each metric (at the same step; its test score when `step` is None)."""
-        record = self.scratch.get("final" if step is None else step, {})
+        record = self.scratch.get(FINAL if step is None else step, {})
         twins = (name for name in metrics if name in record and not baseline_of(name, metrics))
         return {f"{name}_scratch": record[name] for name in twins}
 
@@ -365,9 +364,8 @@ class ClassificationTask(Task):
         (Path(self.config.output_dir) / LABELS_FILE).write_text(json.dumps(labels, indent=2) + "\n")
 
     def _write_predictions(self, model: nn.Module, accelerator) -> None:
+        """On the main process alone, with the plain module: a wrapped one's forward may wait for the others."""
         names, split = self.predict_inputs(self.config.do_predict)
-        if not accelerator.is_main_process:
-            return
         out = Path(self.config.output_dir) / PREDICTIONS_FILE
         with open(out, "w", encoding="utf-8") as handle:
             for start in range(0, len(split), self.config.per_device_batch_size):
@@ -448,10 +446,6 @@ def class_ids(values: list[str], class_names: list[str], where: str) -> np.ndarr
         shown = ", ".join(unseen[:10]) + (" ..." if len(unseen) > 10 else "")
         raise DataError(f"{where}: labels not in the training split: {shown} (training has {', '.join(class_names)})")
     return np.array([index[value] for value in values], dtype=np.int64)
-
-
-def first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 DEMO_OUTPUTS = {

@@ -18,7 +18,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from fmkit.config import POSITIVE, ranged
 from fmkit.data.fashion_mnist import fashion_mnist_installed
-from fmkit.data.image_array import ImageArray, load_image_array
+from fmkit.data.image_array import PIL_MAX_PIXELS, ImageArray, load_image_array
 from fmkit.data.images import BadImage, decode_image, resize_square
 from fmkit.data.loader import sample_seeds
 from fmkit.data.named_images import default_probe_sources
@@ -54,7 +54,7 @@ class ImageClassificationConfig(FinetuneConfig):
     the pretrained model's image processor resizes to (else 72)."""
     horizontal_flip: bool = False
     """Also flip training crops at random."""
-    max_image_pixels: int = ranged(89_478_485, POSITIVE)
+    max_image_pixels: int = ranged(PIL_MAX_PIXELS, POSITIVE)
     """Refuse larger images (possible decompression bombs) instead of decoding them."""
 
 

@@ -81,8 +81,7 @@ class TextClassification(ClassificationTask):
             splits, description = self._dataset_splits()
         else:
             splits, description = embedded_library_task()
-        train_texts, train_pairs, train_values = splits["train"]
-        class_names = _class_order(set(train_values))
+        class_names = _class_order(set(splits["train"][2]))  # the training split's label values
         built = {}
         for role, columns in splits.items():
             if columns is not None:
