@@ -35,7 +35,14 @@ from fmkit.data.loader import Sharding
 from fmkit.errors import ConfigError, FmkitError
 from fmkit.eval.probe import KNN_K
 from fmkit.eval.representation import ProbePixels, ProbeSplits, RepresentationProbe, load_probe_splits
-from fmkit.models.backbone import Backbone, FeaturePooling, build_backbone, processor_geometry, random_copy
+from fmkit.models.backbone import (
+    Backbone,
+    FeaturePooling,
+    build_backbone,
+    load_image_processor,
+    processor_geometry,
+    random_copy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -176,13 +183,12 @@ def representation_metrics(
 
 
 def evaluate_backbone(config: EvaluateConfig, model_type: str, settings: dict, accelerator) -> Evaluation:
-    processor = load_part(AutoImageProcessor, config.model, "image processor (preprocessor_config.json)")
+    processor = load_part(load_image_processor, config.model, "image processor (preprocessor_config.json)")
     image_size, stored_size = processor_geometry(processor)
     pooling = _setting(config.feature_pooling, settings, "feature_pooling", "default")
     backbone = build_backbone(model_type, {}, config.model, image_size, pooling)
     probe = load_probe_splits(config.probe_train_images, config.probe_test_images, stored_size, config.max_image_pixels)
-    pixels = ProbePixels(image_size, processor.image_mean, processor.image_std)
-    metrics = representation_metrics(backbone, pixels, probe, config, settings, accelerator)
+    metrics = representation_metrics(backbone, ProbePixels.of(processor), probe, config, settings, accelerator)
     return Evaluation("vision backbone", metrics, f"probe set {probe.name}")
 
 
@@ -254,9 +260,10 @@ def evaluate_language_model(
 
 
 def load_part(loader, model: str, what: str):
-    """`loader.from_pretrained(model)`, or a one-line error saying which part of the model is missing or broken."""
+    """`loader.from_pretrained(model)` (or `loader(model)`), or a one-line error saying which part of the model is
+    missing or broken."""
     try:
-        return loader.from_pretrained(model)
+        return loader.from_pretrained(model) if hasattr(loader, "from_pretrained") else loader(model)
     except (OSError, ValueError) as error:
         raise ConfigError(f"{model}: cannot load its {what} ({str(error).splitlines()[0]})") from None
 

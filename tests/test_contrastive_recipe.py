@@ -1,9 +1,10 @@
 """The contrastive recipe as a user runs it. SimCLR: exact resume of seeded views, the loss, accumulation. MoCo and
 BYOL: the momentum encoder and queue against literal references, exact resume (also after SIGKILL), the exported
 encoder. NPID: its NCE, InfoNCE and memory bank update against literal references, exact resume of the bank and
-its normaliser (also after SIGKILL). Every method: one-line errors and learning on Fashion-MNIST against the random
-backbone. (Two processes against one: tests/test_distributed.py; presets, 2 steps and a fresh-process reload of the
-export: tests/test_registry.py.)"""
+its normaliser (also after SIGKILL). CMC: its Lab views against scikit-image, its two-way loss against a literal
+reference, its 1-channel export reloaded in a fresh process. Every method: one-line errors and learning on
+Fashion-MNIST against the random backbone. (Two processes against one: tests/test_distributed.py; presets, 2 steps
+and a fresh-process reload of the export: tests/test_registry.py.)"""
 
 from __future__ import annotations
 
@@ -536,6 +537,91 @@ def test_deepcluster_refuses_deepspeed_and_fsdp_in_one_line(kind):
     refuse_unsupported(task, SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))
 
 
+# -- CMC ---------------------------------------------------------------------------------------------------------
+
+
+def test_cmc_views_are_the_lab_split_of_one_crop_and_the_exported_processor_computes_the_same_lightness():
+    """L and ab of the preset's one crop, against scikit-image's rgb2lab; the export's processor (standalone, no
+    fmkit) gives the L the encoder trained on and the probes feed it."""
+    from skimage.color import rgb2lab
+
+    from fmkit.models.luminance_processor import cie_lightness
+    from fmkit.vision.views import VIEW_PRESETS, make_views
+
+    task = get_task("cmc")(get_task("cmc").config_class(image_size=16))
+    images = np.random.default_rng(0).integers(0, 256, (4, 20, 20, 3), dtype=np.uint8)
+    batch = task.make_batch(images, [np.random.default_rng(seed) for seed in range(4)], training=True)
+    (crop,) = make_views(images, [np.random.default_rng(seed) for seed in range(4)], VIEW_PRESETS["cmc-photos"], 16)
+    lab = torch.from_numpy(rgb2lab(crop.permute(0, 2, 3, 1).double().numpy())).permute(0, 3, 1, 2).float()
+    assert batch["luminance"].shape == (4, 1, 16, 16) and batch["ab"].shape == (4, 2, 16, 16)
+    torch.testing.assert_close(batch["luminance"], (lab[:, :1] / 100 - 0.5) / 0.5, atol=1e-4, rtol=0)
+    torch.testing.assert_close(batch["ab"], lab[:, 1:] / 110, atol=1e-4, rtol=0)
+    torch.testing.assert_close(cie_lightness(crop), lab[:, :1], atol=1e-3, rtol=0)
+
+
+def test_cmc_loss_is_the_literal_infonce_from_l_to_ab_and_from_ab_to_l():
+    task = get_task("cmc")(get_task("cmc").config_class(temperature=0.2))
+    torch.manual_seed(0)
+    luminance, ab = torch.randn(5, 6), torch.randn(5, 6)
+    expected = 0.0
+    for queries, keys in ((luminance, ab), (ab, luminance)):
+        for i in range(5):
+            scores = [F.cosine_similarity(queries[i], keys[j], dim=0).item() / 0.2 for j in range(5)]
+            expected -= scores[i] - math.log(sum(math.exp(score) for score in scores))
+    assert task.global_loss(luminance, ab).item() == pytest.approx(expected, rel=1e-5)
+    # One direction alone, or ab matched with another image's L, is not the loss.
+    assert task.global_loss(luminance, ab.roll(1, 0)).item() != pytest.approx(expected, rel=1e-3)
+
+
+EXPORTED_FEATURES = """
+import json, sys
+import numpy as np, torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel
+
+folder, images = sys.argv[1], np.load(sys.argv[2])
+processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+model = AutoModel.from_pretrained(folder).eval()
+with torch.no_grad():
+    pixels = processor([Image.fromarray(image) for image in images], return_tensors="pt").pixel_values
+    features = model(pixel_values=pixels).pooler_output.flatten(1)
+print(json.dumps({"channels": model.config.num_channels, "pixels": list(pixels.shape), "features": features.tolist()}))
+"""
+
+
+def test_cmc_exports_the_l_encoder_as_a_one_channel_backbone_whose_processor_feeds_it_rgb_images(tmp_path):
+    """A fresh process with plain transformers (no fmkit): AutoImageProcessor turns colour photographs into L, and
+    the 1-channel AutoModel gives the trained L encoder's features, as the probes computed them from the checkpoint;
+    the ab encoder is not exported."""
+    import json
+
+    from fmkit.models.backbone import build_backbone
+
+    out = tmp_path / "cmc"
+    contrastive(out, *debug("cmc"), "--max_steps", "4", "--eval_every", "4", "--save_every", "4")
+    task = task_of_run(out, get_task("cmc"))
+    images = task.train_images.images[task.train_index[:6]]
+    np.save(tmp_path / "images.npy", images)
+    result = subprocess.run([sys.executable, "-c", EXPORTED_FEATURES, str(out), str(tmp_path / "images.npy")],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = json.loads(result.stdout.splitlines()[-1])
+    assert exported["channels"] == 1 and exported["pixels"] == [6, 1, 32, 32]
+    trained = load_file(out / "checkpoints" / "step_4" / "model.safetensors")
+    encoder = build_backbone("resnet", {**task.config.backbone_config, "num_channels": 1}, None, 32).model
+    encoder.load_state_dict({k.removeprefix("backbone.model."): v for k, v in trained.items()
+                             if k.startswith("backbone.model.")})  # fmt: skip
+    with torch.no_grad():
+        expected = encoder.eval()(pixel_values=task.probe.pixels(images)).pooler_output.flatten(1)
+    torch.testing.assert_close(torch.tensor(exported["features"]), expected, atol=1e-4, rtol=1e-4)
+    assert any(k.startswith("ab_backbone.") for k in trained)
+    assert not any(k.startswith("ab_") or "projector" in k for k in load_file(out / "model.safetensors"))
+    # Fine-tuning takes RGB models: it refuses this one in one line rather than failing on the first batch.
+    refused = run_recipe(["--task", "image-classification", "--model_name_or_path", str(out), "--output_dir",
+                          str(tmp_path / "finetune")], recipe="finetune.py", check=False)  # fmt: skip
+    assert_one_line_error(refused, "a 1-channel backbone (CMC's L encoder is one)")
+
+
 # -- every method -----------------------------------------------------------------------------------------------
 
 
@@ -545,6 +631,7 @@ def test_deepcluster_refuses_deepspeed_and_fsdp_in_one_line(kind):
         ("simclr", ["--method", "nope"], "--method 'nope': expected one of simclr"),
         ("simclr", ["--views", "cifar"], "views 'cifar': expected one of simclr-fashion-mnist"),
         ("simclr", ["--temperature", "0"], "temperature"),
+        ("simclr", ["--views", "cmc-photos"], "views 'cmc-photos' makes 1 view of each image; this method needs 2"),
         ("simclr", ["--image_size", "64"], "stored_size 36 is smaller than image_size 64"),
         ("moco", ["--queue_size", "100"],
          "queue_size 100 is not a multiple of the 8 keys enqueued per step (per_device_batch"),
@@ -562,6 +649,8 @@ def test_deepcluster_refuses_deepspeed_and_fsdp_in_one_line(kind):
          "num_clusters 300 is more than cluster_images 256: k-means needs at least one image per cluster"),
         ("deepcluster", ["--cluster_images", "2000", "--num_clusters", "16"], "cluster_images 2000: 1,023 crops of"),
         ("deepcluster", ["--pca_dim", "200"], "pca_dim 200 is more than projection_dim 128 or cluster_images 256"),
+        ("cmc", ["--train_images", "embedded:digits:train"],
+         "0 usable images (1297 left out: grey: their ab view is blank), not more than heldout_images 16"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_error(tmp_path, method, args, expected):
@@ -572,9 +661,12 @@ def test_bad_input_is_one_line_error(tmp_path, method, args, expected):
 CI_SIZED = [*FASHION_MNIST_CI_PROBE, "--heldout_images", "128", "--eval_batches", "2", "--eval_every", "0",
             "--save_every", "0", "--report_to", "none"]  # fmt: skip
 """The demo preset, shortened and evaluated once at the end, on the pretext learning tests' probe."""
-CI_OPTIONS = {"npid": ["--bank_images", "2000", "--num_negatives", "1024"], "deepcluster": ["--recluster_every", "50"]}
-"""NPID's demo bank (20,000) would see each entry once in 150 steps of 128: a bank of 2,000 sees each about 10 times.
-DeepCluster's demo re-clusters every 300 steps: every 50, 150 steps see 3 clusterings."""
+CI_OPTIONS = {"npid": ["--bank_images", "2000", "--num_negatives", "1024", "--max_steps", "300"],
+              "deepcluster": ["--recluster_every", "50"]}  # fmt: skip
+"""NPID's demo bank (20,000) would see each entry twice in 300 steps of 128: a bank of 2,000 sees each about 19
+times. NPID trains 300 steps, not 150: at 150 its linear margin was +0.5 to +2.1 points for seed 42 depending on
+the thread count, within the probe's noise. DeepCluster's demo re-clusters every 300 steps: every 50, 150 steps
+see 3 clusterings."""
 
 
 @pytest.mark.skipif(not fashion_mnist_installed(), reason=f"Fashion-MNIST is not installed ({INSTALL_HINT})")
@@ -588,12 +680,15 @@ DeepCluster's demo re-clusters every 300 steps: every 50, 150 steps see 3 cluste
         # Measured: linear +3.1 but kNN -0.8 at 150 steps (BYOL's kNN rises late: +3.1 after the demo's 1,200
         # steps, out of CI's reach), so only the linear probe is held to a margin here.
         ("byol", None, 0.02),
-        # Measured at 150 steps, 1 thread, bank 2,000, K 1,024 (InfoNCE, as the demo): linear +3.6, +2.1, +3.0 and
-        # kNN +0.4, +1.1, +4.5 points for seeds 42, 0, 1: only the linear probe is held to a margin.
-        ("npid", None, 0.01),
+        # Measured at 300 steps, 1 thread, bank 2,000, K 1,024 (InfoNCE, as the demo): kNN +8.3, +5.9, +9.1 and
+        # linear +4.6, +3.1, +3.5 points for seeds 42, 0, 1.
+        ("npid", 0.04, 0.02),
         # Measured at 150 steps, 1 thread, re-clustering every 50: kNN +8.0, +7.4, +6.9 and linear +5.2, +4.3, +3.6
         # points for seeds 42, 0, 1.
         ("deepcluster", 0.05, 0.02),
+        # Measured at 150 steps, 1 thread, trained on the colour photographs: kNN +8.0, +8.8, +3.9 and linear -0.2,
+        # +2.7, +2.9 points for seeds 42, 0, 1: only the kNN is held to a margin.
+        ("cmc", 0.03, None),
     ],
 )
 def test_beats_its_random_backbone_on_fashion_mnist(tmp_path, method, knn_margin, linear_margin):
@@ -604,5 +699,6 @@ def test_beats_its_random_backbone_on_fashion_mnist(tmp_path, method, knn_margin
     print(f"\n{method}: " + ", ".join(f"{key} {value}" for key, value in sorted(final.items())))
     if knn_margin is not None:
         assert final["knn_accuracy"] >= final["knn_accuracy_random_backbone"] + knn_margin, final
-    assert final["linear_probe_accuracy"] >= final["linear_probe_accuracy_random_backbone"] + linear_margin, final
+    if linear_margin is not None:
+        assert final["linear_probe_accuracy"] >= final["linear_probe_accuracy_random_backbone"] + linear_margin, final
     assert math.isfinite(final["eval_loss"])

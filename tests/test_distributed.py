@@ -140,6 +140,7 @@ def two_processes(tmp_path_factory, text_files, initial_model, initial_backbone,
             "byol": TwoProcessRun("contrastive.py", pretext_args("byol", None, 8)),
             "npid": TwoProcessRun("contrastive.py", pretext_args("npid", None, 8)),
             "deepcluster": TwoProcessRun("contrastive.py", pretext_args("deepcluster", None, 8)),
+            "cmc": TwoProcessRun("contrastive.py", pretext_args("cmc", None, 8)),
             "moco-shuffle-bn": TwoProcessRun("contrastive.py", SHUFFLE_BN),
             "moco-no-shuffle-bn": TwoProcessRun("contrastive.py", [*SHUFFLE_BN, "--shuffle_bn", "false"]),
             "clm": TwoProcessRun("clm.py", [*clm_args(text_files), "--per_device_batch_size", "8"]),
@@ -221,10 +222,13 @@ VISION_RUNS = {
     # Every rank embeds and clusters the same images, then takes rank 0's clustering; re-clustered at step 3.
     "deepcluster": ["--method", "deepcluster", "--num_clusters", "8", "--cluster_images", "256", "--recluster_every",
                     "3", "--pca_dim", "8", "--save_every", "1", "--save_total_limit", "6"],
+    # L and ab projections gathered with gradients, both directions against the global batch; colour photographs.
+    "cmc": ["--method", "cmc", "--train_images", "embedded:photos"],
 }  # fmt: skip
 """The vision runs compared (the pretext and contrastive recipes), by task."""
 VISION_RECIPES = {"simclr": "contrastive.py", "moco": "contrastive.py", "moco-v3": "contrastive.py",
-                  "byol": "contrastive.py", "npid": "contrastive.py", "deepcluster": "contrastive.py"}  # fmt: skip
+                  "byol": "contrastive.py", "npid": "contrastive.py", "deepcluster": "contrastive.py",
+                  "cmc": "contrastive.py"}  # fmt: skip
 
 
 def pretext_args(task: str, out: Path | None, per_device_batch: int, steps: int = 6) -> list[str]:
@@ -251,7 +255,7 @@ def initial_backbone(tmp_path_factory):
     ("task", "config"),
     [("rotation", "deepspeed_zero2.yaml"), ("rotation", "deepspeed_zero3.yaml"), ("inpainting", "ddp.yaml"),
      ("simclr", "ddp.yaml"), ("simclr", "deepspeed_zero2.yaml"), ("moco", "ddp.yaml"), ("moco-v3", "ddp.yaml"),
-     ("byol", "ddp.yaml"), ("npid", "ddp.yaml"), ("deepcluster", "ddp.yaml")],
+     ("byol", "ddp.yaml"), ("npid", "ddp.yaml"), ("deepcluster", "ddp.yaml"), ("cmc", "ddp.yaml")],
 )  # fmt: skip
 def test_vision_two_processes_match_one(tmp_path, initial_backbone, two_processes, task, config):
     one = tmp_path / "one"

@@ -12,6 +12,7 @@ from transformers import ResNetConfig
 
 from fmkit.cli import preset_path
 from fmkit.evaluate import main
+from fmkit.tasks import selector
 
 CONFIGS = RECIPES / "configs"
 DIGITS = ["--probe_train_images", "embedded:digits:train", "--probe_test_images", "embedded:digits:test"]
@@ -24,7 +25,7 @@ def debug_run(recipe: str, out: Path, *args: str, task: str | None = None) -> Pa
     name = task or recipe
     presets = [str(preset_path(CONFIGS, recipe, name, kind)) for kind in ("demo", "debug")]
     flags = ["--output_dir", str(out), "--max_steps", "2", "--eval_every", "0", "--save_every", "0", *map(str, args)]
-    selected = ["--task", task] if task else []
+    selected = [f"--{selector(recipe) or 'task'}", task] if task else []
     run_recipe([*selected, "--config", presets[0], "--config", presets[1], *flags], recipe=f"{recipe}.py")
     return out
 
@@ -44,8 +45,10 @@ def final_eval(output_dir: Path) -> dict:
     return read_metrics(output_dir)[-1]
 
 
-def test_backbone_reports_the_probes_and_random_backbone_its_run_logged(tmp_path, capsys):
-    backbone_run = debug_run("pretext", tmp_path / "rotation", task="rotation")
+@pytest.mark.parametrize(("recipe", "task"), [("pretext", "rotation"), ("contrastive", "cmc")])
+def test_backbone_reports_the_probes_and_random_backbone_its_run_logged(tmp_path, capsys, recipe, task):
+    """CMC's export is a 1-channel L encoder: evaluated with the lightness its processor makes, as it trained."""
+    backbone_run = debug_run(recipe, tmp_path / task, task=task)
     status, printed, _, _ = evaluate(backbone_run, *DIGITS, "--batch_size", 8, capsys=capsys)
     assert status == 0
     assert list(printed) == PROBES_AND_BASELINES

@@ -43,8 +43,9 @@ for name, folder in json.loads(sys.argv[1]).items():
             out = model(**AutoTokenizer.from_pretrained(folder)("The quick brown fox", return_tensors="pt")).logits
         elif tag == "image-classification":
             out = model(**AutoImageProcessor.from_pretrained(folder)(image, return_tensors="pt")).logits
-        elif tag == "image-feature-extraction":
-            out = model(**AutoImageProcessor.from_pretrained(folder)(image, return_tensors="pt")).last_hidden_state
+        elif tag == "image-feature-extraction":  # CMC's L encoder comes with its own processor's code
+            processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+            out = model(**processor(image, return_tensors="pt")).last_hidden_state
         else:
             out = model.get_image_features(**AutoImageProcessor.from_pretrained(folder)(image, return_tensors="pt"))
             out = getattr(out, "pooler_output", out)

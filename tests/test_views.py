@@ -217,12 +217,13 @@ def test_jitter_order_and_factors_are_uniform():
 
 
 def test_presets_exist_and_run():
-    names = {"simclr-fashion-mnist", "simclr-photos", "simclr-imagenet", "byol-imagenet", "byol-photos"}
+    names = {"simclr-fashion-mnist", "simclr-photos", "simclr-imagenet", "byol-imagenet", "byol-photos", "cmc-photos"}
     assert names <= set(VIEW_PRESETS)
     for name, recipes in VIEW_PRESETS.items():
-        assert len(recipes) == 2 and all(isinstance(recipe, ViewRecipe) for recipe in recipes), name
+        count = 1 if name.startswith("cmc") else 2  # CMC splits one crop into its L and ab views
+        assert len(recipes) == count and all(isinstance(recipe, ViewRecipe) for recipe in recipes), name
         views = make_views(photos(4, 36), generators(range(4)), recipes, 32)
-        assert [tuple(view.shape) for view in views] == [(4, 3, 32, 32)] * 2, name
+        assert [tuple(view.shape) for view in views] == [(4, 3, 32, 32)] * count, name
     fashion = VIEW_PRESETS["simclr-fashion-mnist"][0]
     assert fashion.hue == fashion.saturation == fashion.grayscale_probability == 0 and fashion.crop_scale[0] > 0.08
     assert VIEW_PRESETS["simclr-photos"][0].blur_probability == 0
@@ -233,6 +234,8 @@ def test_presets_exist_and_run():
     assert (second.blur_probability, second.solarize_probability) == (0.1, 0.2)
     small = [(view.blur_probability, view.solarize_probability) for view in VIEW_PRESETS["byol-photos"]]
     assert small == [(0.0, 0.0), (0.0, 0.2)]
+    (cmc,) = VIEW_PRESETS["cmc-photos"]
+    assert cmc.jitter_probability == cmc.grayscale_probability == 0 and cmc.crop_scale == (0.2, 1.0)
 
 
 def test_a_view_larger_than_the_stored_images_is_refused():

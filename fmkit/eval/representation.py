@@ -18,7 +18,8 @@ from fmkit.data.loader import Sharding
 from fmkit.data.named_images import default_probe_sources
 from fmkit.errors import DataError
 from fmkit.eval.probe import few_shot_accuracy, knn_accuracy, linear_probe_accuracy
-from fmkit.models.backbone import Backbone
+from fmkit.models.backbone import Backbone, processor_geometry
+from fmkit.models.luminance_processor import LuminanceImageProcessor, cie_lightness
 from fmkit.vision.crops import square_crops
 
 
@@ -77,16 +78,27 @@ class RepresentationProbe:
 
 @dataclass(frozen=True)
 class ProbePixels:
-    """uint8 [B, S, S, 3] stored images -> [B, 3, size, size] normalised centre crops: what the probes feed a backbone,
-    and what the image processor a backbone is exported with does to a new image."""
+    """uint8 [B, S, S, 3] stored images -> [B, C, size, size] normalised centre crops: what the probes feed a
+    backbone, and what the image processor a backbone is exported with does to a new image."""
 
     size: int
     mean: Sequence[float]
     std: Sequence[float]
+    lightness: bool = False
+    """Feed the CIE lightness alone, L / 100 (one channel: CMC's L encoder), instead of RGB."""
+
+    @classmethod
+    def of(cls, processor) -> ProbePixels:
+        """What an fmkit export's image processor does to an image stored at the size it resizes to."""
+        size, _ = processor_geometry(processor)
+        return cls(size, processor.image_mean, processor.image_std, isinstance(processor, LuminanceImageProcessor))
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
-        mean, std = torch.tensor(self.mean).view(3, 1, 1), torch.tensor(self.std).view(3, 1, 1)
-        return (square_crops(images, self.size, None) - mean) / std
+        crops = square_crops(images, self.size, None)
+        if self.lightness:
+            crops = cie_lightness(crops) / 100
+        mean, std = (torch.tensor(values, dtype=torch.float32).view(-1, 1, 1) for values in (self.mean, self.std))
+        return (crops - mean) / std
 
 
 @dataclass

@@ -13,9 +13,11 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, ConvNextImageProcessor, PreTrainedModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, ConvNextImageProcessor, PreTrainedModel
+from transformers.image_processing_base import ImageProcessingMixin
 
 from fmkit.errors import ConfigError
+from fmkit.models.luminance_processor import LuminanceImageProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +136,15 @@ def image_processor(image_size: int, stored_size: int) -> ConvNextImageProcessor
         image_mean=list(IMAGENET_MEAN),
         image_std=list(IMAGENET_STD),
     )
+
+
+def load_image_processor(name_or_path: str):
+    """AutoImageProcessor's processor, except that CMC's LuminanceImageProcessor comes from fmkit itself rather
+    than from the copy of its code in the folder (which AutoImageProcessor runs only with trust_remote_code)."""
+    settings, _ = ImageProcessingMixin.get_image_processor_dict(name_or_path)
+    if settings.get("image_processor_type") == LuminanceImageProcessor.__name__:
+        return LuminanceImageProcessor.from_pretrained(name_or_path)
+    return AutoImageProcessor.from_pretrained(name_or_path)
 
 
 def processor_geometry(processor) -> tuple[int, int]:

@@ -36,6 +36,7 @@ BUILTIN: dict[str, Entry] = {
     "byol": Entry("contrastive", "fmkit.tasks.contrastive.byol"),
     "npid": Entry("contrastive", "fmkit.tasks.contrastive.npid"),
     "deepcluster": Entry("contrastive", "fmkit.tasks.contrastive.deepcluster"),
+    "cmc": Entry("contrastive", "fmkit.tasks.contrastive.cmc"),
     "text-classification": Entry("finetune", "fmkit.tasks.finetune.text"),
     "image-classification": Entry("finetune", "fmkit.tasks.finetune.image"),
 }

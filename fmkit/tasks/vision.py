@@ -98,6 +98,8 @@ class VisionTask(Task):
     """What kind of objective trains the backbone, for the model card ("pretext task", "contrastive method")."""
     pipeline_note: str = ""
     unusable_reason: str = ""
+    input_channels: int = 3
+    """Channels the backbone takes: 3 (RGB) unless the task feeds it something else (CMC's L encoder: 1)."""
 
     # -- what a task supplies ---------------------------------------------------------------------------
     @abstractmethod
@@ -121,6 +123,11 @@ class VisionTask(Task):
         samples = batch["pixel_values"].shape[0]
         return BatchCount(items=samples, samples=samples)
 
+    def exported_processor(self):
+        """The image processor saved with the backbone: a new image's path to the backbone's input, which the
+        probes follow (fmkit.eval.representation.ProbePixels.of)."""
+        return image_processor(self.config.image_size, self.config.stored_size)
+
     # -- shared machinery -------------------------------------------------------------------------------
     def setup(self, accelerator) -> nn.Module | dict[str, nn.Module]:
         config = self.config
@@ -134,24 +141,33 @@ class VisionTask(Task):
                         self.unusable_reason)  # fmt: skip
         order = order[usable[order]]
         if len(order) <= config.heldout_images:
+            left_out = f" ({(~usable).sum()} left out: {self.unusable_reason})" if not usable.all() else ""
             raise DataError(
-                f"{self.train_images.description}: {len(order)} usable images, not more than heldout_images "
-                f"{config.heldout_images}; add images or lower heldout_images"
+                f"{self.train_images.description}: {len(order)} usable images{left_out}, not more than "
+                f"heldout_images {config.heldout_images}; add images or lower heldout_images"
             )
         self.heldout_index, self.train_index = np.sort(order[: config.heldout_images]), order[config.heldout_images :]
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
         self.probe = RepresentationProbe(
-            probe_train, probe_test, self.probe_set, ProbePixels(config.image_size, IMAGENET_MEAN, IMAGENET_STD),
+            probe_train, probe_test, self.probe_set, ProbePixels.of(self.exported_processor()),
             config.per_device_batch_size, config.knn_k, config.seed, self.sharding, self.device,
         )  # fmt: skip
         backbone = build_backbone(
             config.backbone_type,
-            config.backbone_config,
+            config.backbone_config
+            if self.input_channels == 3
+            else {**config.backbone_config, "num_channels": self.input_channels},
             config.backbone_name_or_path,
             config.image_size,
             config.feature_pooling,
         )
+        channels = getattr(backbone.model.config, "num_channels", 3)
+        if channels != self.input_channels:
+            raise ConfigError(
+                f"backbone_name_or_path {config.backbone_name_or_path}: takes {channels} input channels; "
+                f"{self.name} feeds it {self.input_channels}"
+            )
         self.backbone_config = backbone.model.config
         baseline = random_copy(backbone, config.seed).to(self.device)
         self.random_backbone_metrics = self.probe.metrics(baseline, accelerator, "_random_backbone", shard=False)
@@ -239,7 +255,7 @@ class VisionTask(Task):
         """The backbone alone, as a stock transformers model; heads and discriminators stay in checkpoints."""
         weights = {k[len(BACKBONE_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(BACKBONE_PREFIX)}
         model.backbone.model.save_pretrained(output_dir, state_dict=weights)
-        image_processor(self.config.image_size, self.config.stored_size).save_pretrained(output_dir)
+        self.exported_processor().save_pretrained(output_dir)
 
     def card_details(self) -> CardDetails:
         config = self.backbone_config

@@ -1,6 +1,6 @@
-"""CIE Lab conversion and ab quantisation for colorization (Zhang et al. 2016).
+"""CIE Lab conversion, for colorization (Zhang et al. 2016) and CMC's L and ab views (Tian et al. 2019).
 
-The network sees the lightness L and predicts a distribution over quantised ab colours; class rebalancing
+Colorization sees the lightness L and predicts a distribution over quantised ab colours; class rebalancing
 keeps it from settling on the greyish colours that dominate natural images. The conversion mirrors
 scikit-image's (sRGB gamma, D65 white, 2 degree observer) in torch, so it runs batched on any device.
 """
@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 AB_BIN_SIZE = 10
 AB_RANGE = 110
+MIN_CHROMA_SPREAD = 2.0
+"""Mean over pixels of (largest - smallest RGB channel), in 8-bit levels, below which an image counts as grey."""
 
 XYZ_FROM_RGB = torch.tensor(
     [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
@@ -44,6 +47,15 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     linear = _mix_channels(RGB_FROM_XYZ, xyz)
     rgb = torch.where(linear > 0.0031308, 1.055 * linear.clamp(min=0.0031308) ** (1 / 2.4) - 0.055, 12.92 * linear)
     return rgb.clamp(0, 1)
+
+
+def colourful(images: np.ndarray) -> np.ndarray:
+    """Which uint8 [N, H, W, 3] images have colour (ab is not ~0 everywhere): grey ones teach nothing about ab."""
+    spread = np.concatenate([
+        (chunk.max(-1).astype(np.int16) - chunk.min(-1)).mean((1, 2)) for chunk in np.array_split(
+            images, max(1, len(images) // 4096))
+    ])  # fmt: skip
+    return spread >= MIN_CHROMA_SPREAD
 
 
 def _mix_channels(matrix: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

@@ -106,6 +106,10 @@ _BYOL_IMAGENET = (
 # softens the fine texture (stitching, knit) that tells shirts, T-shirts and pullovers apart.
 _FASHION = ViewRecipe(crop_scale=(0.2, 1.0), saturation=0.0, hue=0.0, grayscale_probability=0.0)
 
+# CMC's Lab views (Tian et al. 2019): L and ab are split from one crop, so one recipe; no colour jitter or
+# grayscale, which would change or erase the ab view. Crops keep 20% of the area or more, as CMC's ImageNet runs.
+_CMC = ViewRecipe(crop_scale=(0.2, 1.0), jitter_probability=0.0, grayscale_probability=0.0)
+
 VIEW_PRESETS: dict[str, tuple[ViewRecipe, ...]] = {
     "simclr-fashion-mnist": (_FASHION, _FASHION),
     "simclr-photos": (ViewRecipe(), ViewRecipe()),
@@ -116,6 +120,7 @@ VIEW_PRESETS: dict[str, tuple[ViewRecipe, ...]] = {
     "byol-photos": tuple(
         ViewRecipe(**_BYOL_COLOUR, solarize_probability=view.solarize_probability) for view in _BYOL_IMAGENET
     ),
+    "cmc-photos": (_CMC,),
 }
 
 

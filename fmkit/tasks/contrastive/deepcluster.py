@@ -25,6 +25,7 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -53,6 +54,8 @@ the per-process batch size, and 2 processes cluster what 1 does."""
 @dataclass
 class DeepClusterConfig(ContrastiveConfig):
     """DeepCluster: classify k-means pseudo-labels of the network's own features, re-clustered periodically."""
+
+    views_needed: ClassVar[int] = 1
 
     num_clusters: int = ranged(100, POSITIVE)
     """k of k-means (the paper over-segments: 10,000 clusters for ImageNet's 1,000 classes)."""

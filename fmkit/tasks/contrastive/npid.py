@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -46,6 +46,8 @@ from fmkit.vision.views import VIEW_PRESETS
 @dataclass
 class NPIDConfig(ContrastiveConfig):
     """NPID: one view per image against a memory bank of every bank image's projection, NCE or InfoNCE."""
+
+    views_needed: ClassVar[int] = 1
 
     bank_images: int = ranged(10_000, POSITIVE)
     """How many training images are instances (bank entries); training draws only from them. Fewer entries are

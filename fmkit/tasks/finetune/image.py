@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoConfig, AutoModelForImageClassification
 
 from fmkit.config import POSITIVE, ranged
 from fmkit.data.fashion_mnist import fashion_mnist_installed
@@ -22,8 +22,8 @@ from fmkit.data.image_array import PIL_MAX_PIXELS, ImageArray, load_image_array
 from fmkit.data.images import BadImage, decode_image, resize_square
 from fmkit.data.loader import sample_seeds
 from fmkit.data.named_images import default_probe_sources
-from fmkit.errors import DataError
-from fmkit.models.backbone import IMAGENET_MEAN, IMAGENET_STD, image_processor, processor_geometry
+from fmkit.errors import ConfigError, DataError
+from fmkit.models.backbone import IMAGENET_MEAN, IMAGENET_STD, image_processor, load_image_processor, processor_geometry
 from fmkit.tasks import register_task
 from fmkit.tasks.finetune.common import ClassificationTask, FinetuneConfig, LabelledData, Split, class_ids
 from fmkit.vision.crops import square_crops
@@ -96,7 +96,16 @@ class ImageClassification(ClassificationTask):
         config = self.config
         image_size, stored_size, mean, std = 64, 72, IMAGENET_MEAN, IMAGENET_STD
         try:
-            processor = AutoImageProcessor.from_pretrained(config.model_name_or_path)
+            channels = getattr(AutoConfig.from_pretrained(config.model_name_or_path), "num_channels", 3)
+        except (OSError, ValueError):
+            channels = 3
+        if channels != 3:
+            raise ConfigError(
+                f"model_name_or_path {config.model_name_or_path}: a {channels}-channel backbone (CMC's L encoder "
+                "is one); image-classification fine-tunes RGB (3-channel) models"
+            )
+        try:
+            processor = load_image_processor(config.model_name_or_path)
         except (OSError, ValueError):
             processor = None
         if processor is not None:
@@ -182,4 +191,3 @@ class ImageClassification(ClassificationTask):
 def default_labelled_train() -> str:
     """Fashion-MNIST's 60,000 training images where the package is installed, the embedded digits elsewhere."""
     return "fashion-mnist:train" if fashion_mnist_installed() else "embedded:digits:train"
-

@@ -23,12 +23,18 @@ from fmkit.tasks import register_task
 from fmkit.tasks.base import MAIN_STAGE
 from fmkit.tasks.pretext.common import PretextConfig, PretextTask
 from fmkit.tasks.pretext.image_to_image import Restorer
-from fmkit.vision.lab import ab_bin_centres, decode_ab, lab_to_rgb, quantize_ab, rebalancing_weights, rgb_to_lab
+from fmkit.vision.lab import (
+    AB_RANGE,
+    ab_bin_centres,
+    colourful,
+    decode_ab,
+    lab_to_rgb,
+    quantize_ab,
+    rebalancing_weights,
+    rgb_to_lab,
+)
 
-AB_SCALE = 110.0
 HISTOGRAM_IMAGES = 512
-MIN_CHROMA_SPREAD = 2.0
-"""Mean over pixels of (largest - smallest RGB channel), in 8-bit levels, below which an image counts as grey."""
 OUTPUT_STRIDE = 4
 """Colours are predicted at a quarter of the resolution, as in Zhang et al.: colour varies slowly, and the
 per-pixel softmax over 484 bins is the costliest part of the task."""
@@ -61,11 +67,7 @@ class Colorization(PretextTask):
     unusable_reason = "grey: nothing to colorize, and grey would be their perfect answer"
 
     def usable_images(self, images: np.ndarray) -> np.ndarray:
-        spread = np.concatenate([
-            (chunk.max(-1).astype(np.int16) - chunk.min(-1)).mean((1, 2)) for chunk in np.array_split(
-                images, max(1, len(images) // 4096))
-        ])  # fmt: skip
-        return spread >= MIN_CHROMA_SPREAD
+        return colourful(images)
 
     def build_model(self, backbone: Backbone) -> Restorer:
         self.centres = ab_bin_centres()
@@ -95,13 +97,13 @@ class Colorization(PretextTask):
             per_pixel = F.cross_entropy(prediction, batch["bins"], reduction="none")
             per_pixel = per_pixel * self.class_weights[batch["bins"]]
         else:
-            per_pixel = (prediction - batch["ab"] / AB_SCALE).square().sum(1)
+            per_pixel = (prediction - batch["ab"] / AB_RANGE).square().sum(1)
         return per_pixel.flatten(1).mean(1).sum()
 
     def _colour(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The predicted ab at full resolution, the image it colours, and the grey image (ab = 0, the input)."""
         prediction = model(batch["pixel_values"]).float()
-        ab = decode_ab(prediction, self.centres.to(prediction.device)) if self.classifying else prediction * AB_SCALE
+        ab = decode_ab(prediction, self.centres.to(prediction.device)) if self.classifying else prediction * AB_RANGE
         ab = F.interpolate(ab, scale_factor=OUTPUT_STRIDE, mode="bilinear", align_corners=False)
         lightness = batch["lab"][:, :1]
         coloured = lab_to_rgb(torch.cat([lightness, ab], 1))
