@@ -569,7 +569,7 @@ def test_cmc_loss_is_the_literal_infonce_from_l_to_ab_and_from_ab_to_l():
             scores = [F.cosine_similarity(queries[i], keys[j], dim=0).item() / 0.2 for j in range(5)]
             expected -= scores[i] - math.log(sum(math.exp(score) for score in scores))
     assert task.global_loss(luminance, ab).item() == pytest.approx(expected, rel=1e-5)
-    # One direction alone, or ab matched with another image's L, is not the loss.
+    # ab matched with another image's L is not the loss.
     assert task.global_loss(luminance, ab.roll(1, 0)).item() != pytest.approx(expected, rel=1e-3)
 
 
@@ -595,7 +595,9 @@ def test_cmc_exports_the_l_encoder_as_a_one_channel_backbone_whose_processor_fee
     the ab encoder is not exported."""
     import json
 
+    from fmkit.eval.representation import ProbePixels
     from fmkit.models.backbone import build_backbone
+    from fmkit.models.luminance_processor import LuminanceImageProcessor
 
     out = tmp_path / "cmc"
     contrastive(out, *debug("cmc"), "--max_steps", "4", "--eval_every", "4", "--save_every", "4")
@@ -607,6 +609,11 @@ def test_cmc_exports_the_l_encoder_as_a_one_channel_backbone_whose_processor_fee
     assert result.returncode == 0, result.stderr[-3000:]
     exported = json.loads(result.stdout.splitlines()[-1])
     assert exported["channels"] == 1 and exported["pixels"] == [6, 1, 32, 32]
+    remote = subprocess.run([sys.executable, "-c", "import sys; from transformers import AutoImageProcessor; "
+                             "print(AutoImageProcessor.from_pretrained(sys.argv[1], trust_remote_code=True).__class__)",
+                             str(out)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert "LuminanceImageProcessor" in remote.stdout, remote.stderr[-2000:]
+    assert ProbePixels.of(LuminanceImageProcessor.from_pretrained(out)).lightness
     trained = load_file(out / "checkpoints" / "step_4" / "model.safetensors")
     encoder = build_backbone("resnet", {**task.config.backbone_config, "num_channels": 1}, None, 32).model
     encoder.load_state_dict({k.removeprefix("backbone.model."): v for k, v in trained.items()
@@ -616,6 +623,7 @@ def test_cmc_exports_the_l_encoder_as_a_one_channel_backbone_whose_processor_fee
     torch.testing.assert_close(torch.tensor(exported["features"]), expected, atol=1e-4, rtol=1e-4)
     assert any(k.startswith("ab_backbone.") for k in trained)
     assert not any(k.startswith("ab_") or "projector" in k for k in load_file(out / "model.safetensors"))
+    assert 'from_pretrained("PATH_OR_HUB_ID", trust_remote_code=True)' in (out / "README.md").read_text()
     # Fine-tuning takes RGB models: it refuses this one in one line rather than failing on the first batch.
     refused = run_recipe(["--task", "image-classification", "--model_name_or_path", str(out), "--output_dir",
                           str(tmp_path / "finetune")], recipe="finetune.py", check=False)  # fmt: skip

@@ -237,3 +237,20 @@ def test_psnr_of_identical_images_is_large_and_finite():
 def test_psnr_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"\(2, 3, 8, 8\) and \(2, 3, 8, 7\)"):
         psnr(torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 7))
+
+
+@pytest.mark.parametrize(("image_size", "stored_size"), [(32, 32), (32, 36), (64, 72), (224, 256)])
+def test_probe_pixels_follow_the_exported_processor_and_feed_what_it_makes_of_an_image(image_size, stored_size):
+    """The probes read their crop and normalisation off fmkit's exported processor: ImageNet-normalised RGB centre
+    crops of image_size, the same tensor the processor makes of an image stored at stored_size."""
+    from PIL import Image
+
+    from fmkit.eval.representation import ProbePixels
+    from fmkit.models.backbone import IMAGENET_MEAN, IMAGENET_STD, image_processor
+
+    processor = image_processor(image_size, stored_size)
+    pixels = ProbePixels.of(processor)
+    assert pixels == ProbePixels(image_size, IMAGENET_MEAN, IMAGENET_STD)
+    images = np.random.default_rng(0).integers(0, 256, (2, stored_size, stored_size, 3), dtype=np.uint8)
+    made = processor([Image.fromarray(image) for image in images], return_tensors="pt").pixel_values
+    torch.testing.assert_close(pixels(images), made, atol=1e-4, rtol=0)

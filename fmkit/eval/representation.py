@@ -91,7 +91,9 @@ class ProbePixels:
     def of(cls, processor) -> ProbePixels:
         """What an fmkit export's image processor does to an image stored at the size it resizes to."""
         size, _ = processor_geometry(processor)
-        return cls(size, processor.image_mean, processor.image_std, isinstance(processor, LuminanceImageProcessor))
+        # By name: loaded with trust_remote_code, the class comes from the folder's copy, not from fmkit.
+        lightness = type(processor).__name__ == LuminanceImageProcessor.__name__
+        return cls(size, processor.image_mean, processor.image_std, lightness)
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         crops = square_crops(images, self.size, None)

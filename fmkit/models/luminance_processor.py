@@ -5,8 +5,9 @@ into one channel (its grey conversions repeat the grey value in three channels),
 beside the encoder: ConvNeXt's resize and centre crop, then L / 100 normalised with one mean and std.
 
 It is copied into the export folder and loaded with `AutoImageProcessor.from_pretrained(path,
-trust_remote_code=True)`: keep it standalone (torch and transformers only). L follows the sRGB gamma and the D65
-white point, as fmkit.vision.lab.rgb_to_lab does (a test holds the two together).
+trust_remote_code=True)`: keep it standalone (torch, torchvision and transformers >= 5.4, whose processors run on
+torchvision and expose `rescale_and_normalize`). L follows the sRGB gamma and the D65 white point, as
+fmkit.vision.lab.rgb_to_lab does (a test holds the two together).
 """
 
 from __future__ import annotations
