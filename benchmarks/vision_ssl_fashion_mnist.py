@@ -22,15 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PRETEXT = ("rotation", "jigsaw", "context", "colorization", "superres", "inpainting", "mim")
-CONTRASTIVE = {
-    "simclr": [],
-    "moco": [],
-    "moco-v3": ["--moco_version", "3"],
-    "byol": [],
-    "npid": [],
-    "deepcluster": [],
-    "cmc": [],
-}
+CONTRASTIVE = {"simclr": [], "moco": [], "moco-v3": ["--moco_version", "3"], "byol": [], "npid": [], "deepcluster": [],
+               "cmc": []}  # fmt: skip
 """Each contrastive demo's method preset, with the flags that make it this row."""
 TASKS = (*PRETEXT, *CONTRASTIVE)
 PROBES = ("linear_probe_accuracy", "knn_accuracy", "few_shot_accuracy")

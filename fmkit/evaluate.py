@@ -200,8 +200,8 @@ def evaluate_clip(config: EvaluateConfig, settings: dict, accelerator) -> Evalua
     from fmkit.models.clip import HFClip
     from fmkit.tasks.clip import Tokenize
 
-    clip = load_part(CLIPModel, config.model, "CLIP weights")
-    processor = load_part(AutoImageProcessor, config.model, "image processor (processor_config.json)")
+    clip = load_part(CLIPModel.from_pretrained, config.model, "CLIP weights")
+    processor = load_part(AutoImageProcessor.from_pretrained, config.model, "image processor (processor_config.json)")
     image_size, stored_size = processor_geometry(processor)
     pixels = ProbePixels(image_size, processor.image_mean, processor.image_std)
     probe = load_probe_splits(config.probe_train_images, config.probe_test_images, stored_size, config.max_image_pixels)
@@ -209,7 +209,7 @@ def evaluate_clip(config: EvaluateConfig, settings: dict, accelerator) -> Evalua
     metrics = representation_metrics(Backbone(clip.vision_model), pixels, probe, config, settings, accelerator)
 
     model = HFClip(clip, getattr(clip.config, "logit_bias", None)).to(accelerator.device).eval()
-    tokenize = Tokenize(load_part(AutoTokenizer, config.model, "tokenizer"), model.context_length)
+    tokenize = Tokenize(load_part(AutoTokenizer.from_pretrained, config.model, "tokenizer"), model.context_length)
     class_names, templates = zero_shot_prompts(probe.test.class_names)
     images, labels = probe.test.images, torch.from_numpy(probe.test.labels)
     batches = (
@@ -259,11 +259,10 @@ def evaluate_language_model(
     return Evaluation(f"{kind.upper()} language model", metrics, task.data_description + held_out)
 
 
-def load_part(loader, model: str, what: str):
-    """`loader.from_pretrained(model)` (or `loader(model)`), or a one-line error saying which part of the model is
-    missing or broken."""
+def load_part(load, model: str, what: str):
+    """`load(model)`, or a one-line error saying which part of the model is missing or broken."""
     try:
-        return loader.from_pretrained(model) if hasattr(loader, "from_pretrained") else loader(model)
+        return load(model)
     except (OSError, ValueError) as error:
         raise ConfigError(f"{model}: cannot load its {what} ({str(error).splitlines()[0]})") from None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -125,16 +126,23 @@ def random_copy(backbone: Backbone, seed: int) -> Backbone:
     return Backbone(fresh.eval(), backbone.pooling)
 
 
-def image_processor(image_size: int, stored_size: int) -> ConvNextImageProcessor:
+def image_processor(
+    image_size: int,
+    stored_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    processor_class: type[ConvNextImageProcessor] = ConvNextImageProcessor,
+) -> ConvNextImageProcessor:
     """Resize the shorter side to `stored_size`, centre-crop `image_size`, normalise: what evaluation saw.
 
-    ConvNeXt's processor expresses exactly that through crop_pct, whichever backbone it serves.
+    ConvNeXt's processor expresses exactly that through crop_pct, whichever backbone it serves (CMC's
+    LuminanceImageProcessor is one with the lightness channel alone).
     """
-    return ConvNextImageProcessor(
+    return processor_class(
         size={"shortest_edge": image_size},
         crop_pct=image_size / stored_size,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
+        image_mean=list(mean),
+        image_std=list(std),
     )
 
 

@@ -155,9 +155,7 @@ class VisionTask(Task):
         )  # fmt: skip
         backbone = build_backbone(
             config.backbone_type,
-            config.backbone_config
-            if self.input_channels == 3
-            else {**config.backbone_config, "num_channels": self.input_channels},
+            {**config.backbone_config, "num_channels": self.input_channels},
             config.backbone_name_or_path,
             config.image_size,
             config.feature_pooling,

@@ -29,7 +29,7 @@ from torch import nn
 from fmkit.config import Range, ranged
 from fmkit.losses.gather import gather_with_grad
 from fmkit.losses.infonce import info_nce_loss
-from fmkit.models.backbone import Backbone, build_backbone
+from fmkit.models.backbone import Backbone, build_backbone, image_processor
 from fmkit.models.heads import mlp_head
 from fmkit.models.luminance_processor import LuminanceImageProcessor
 from fmkit.tasks import register_task
@@ -112,9 +112,8 @@ class CMC(PairedProjectionsTask):
 
     def exported_processor(self) -> LuminanceImageProcessor:
         config = self.config
-        return LuminanceImageProcessor(size={"shortest_edge": config.image_size},
-                                       crop_pct=config.image_size / config.stored_size, image_mean=[LIGHTNESS_MEAN],
-                                       image_std=[LIGHTNESS_STD])  # fmt: skip
+        return image_processor(config.image_size, config.stored_size, [LIGHTNESS_MEAN], [LIGHTNESS_STD],
+                               LuminanceImageProcessor)  # fmt: skip
 
     def card_details(self) -> CardDetails:
         details = super().card_details()

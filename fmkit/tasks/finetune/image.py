@@ -176,9 +176,8 @@ class ImageClassification(ClassificationTask):
         return names, Split(array, np.arange(len(array)), np.zeros(len(array), dtype=np.int64))
 
     def save_processor(self, output_dir: Path) -> None:
-        processor = image_processor(self.image_size, self.stored_size)
-        processor.image_mean, processor.image_std = self.mean.flatten().tolist(), self.std.flatten().tolist()
-        processor.save_pretrained(output_dir)
+        mean, std = self.mean.flatten().tolist(), self.std.flatten().tolist()
+        image_processor(self.image_size, self.stored_size, mean, std).save_pretrained(output_dir)
 
     def usage(self) -> str:
         return (
