@@ -61,6 +61,8 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     precision = config.mixed_precision
     if precision == "auto":
         precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
+    if deepspeed and not on_gpu:
+        _skip_deepspeed_shared_memory_build()
     if not on_gpu:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -75,6 +77,17 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         dynamo_backend="inductor" if config.torch_compile else "no",
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed and not on_gpu else [],
     )
+
+
+def _skip_deepspeed_shared_memory_build() -> None:
+    """On CPU, DeepSpeed compiles a shared-memory all-reduce when its process group starts (over a minute on 2
+    cores, needing a C++ compiler, once per machine) that only its inference kernels call; training's collectives
+    go through gloo. Marking the op unavailable skips that build."""
+    import deepspeed.ops
+
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(compatible, dict):
+        compatible["deepspeed_shm_comm"] = False
 
 
 class Trainer:

@@ -144,8 +144,8 @@ def test_presets_build_standard_architectures(preset, model_class, millions):
 SMALL_GPT = [
     "--model_config", json.dumps({"n_embd": 128, "n_layer": 2, "n_head": 2, "n_positions": 128,
                                   "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}),
-    "--vocab_size", "1024", "--block_size", "128", "--per_device_batch_size", "32", "--learning_rate", "3e-3",
-    "--warmup_steps", "10", "--max_steps", "200", "--eval_every", "100", "--log_every", "50", "--save_every", "0",
+    "--vocab_size", "1024", "--block_size", "64", "--per_device_batch_size", "32", "--learning_rate", "3e-3",
+    "--warmup_steps", "10", "--max_steps", "250", "--eval_every", "125", "--log_every", "50", "--save_every", "0",
     "--samples", "4", "--report_to", "none",
 ]  # fmt: skip
 
@@ -165,7 +165,7 @@ def logged_samples(out) -> list[dict]:
 
 def test_held_out_loss_falls_below_the_unigram_entropy(trained):
     evals = [m for m in read_metrics(trained) if "eval_loss" in m]
-    assert [m["step"] for m in evals] == [0, 100, 200]
+    assert [m["step"] for m in evals] == [0, 125, 250]
     first, last = evals[0], evals[-1]
     # The baseline comes from the training split alone, so it is the same number at every evaluation.
     assert first["eval_loss_unigram"] == last["eval_loss_unigram"] < first["eval_loss"]
@@ -194,8 +194,8 @@ def test_samples_are_text_not_loops(trained):
     """Sampled with the saved generation config (no repetition penalty): greedy decoding of a small model
     repeats one token or phrase, which these checks catch."""
     samples = logged_samples(trained)
-    assert {s["step"] for s in samples} == {0, 100, 200} and all(s["prompt"] for s in samples)
-    final = [s for s in samples if s["step"] == 200]
+    assert {s["step"] for s in samples} == {0, 125, 250} and all(s["prompt"] for s in samples)
+    final = [s for s in samples if s["step"] == 250]
     assert len(final) == 4
     tokenizer = AutoTokenizer.from_pretrained(trained)
     for sample in final:

@@ -17,10 +17,9 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> CorpusFiles:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FMKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
-        return python_docs_corpus()
+def corpus() -> CorpusFiles:
+    """The session's corpus, in its cache (built once, for the text tests too)."""
+    return python_docs_corpus()
 
 
 @pytest.fixture(scope="module")
