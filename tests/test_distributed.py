@@ -7,6 +7,7 @@ interpreter start and imports per process before its first step. The 1-process r
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from conftest import (
     eval_losses,
     jsonl_texts,
     read_metrics,
+    reset_accelerate,
     task_of_run,
     train_losses,
 )
@@ -159,6 +161,7 @@ def two_processes(tmp_path_factory, text_files, initial_model, initial_backbone,
         "deepspeed_zero3.yaml": {
             "mlm": mlm,
             "rotation": TwoProcessRun("pretext.py", [*pretext_args("rotation", None, 8), *zero3_start]),
+            "cmc": TwoProcessRun("contrastive.py", pretext_args("cmc", None, 8)),
             "moco-refused": TwoProcessRun("contrastive.py", pretext_args("moco", None, 8)),
             "byol-refused": TwoProcessRun("contrastive.py", pretext_args("byol", None, 8)),
         },
@@ -337,6 +340,31 @@ def test_moco_shuffle_bn_encodes_keys_in_a_shuffled_global_batch(two_processes):
         torch.testing.assert_close(queues[0][:16], keys, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(queues[1][:16], per_process, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(keys, per_process, atol=1e-3)  # the shuffle changed the batch statistics
+
+
+def test_cmc_trains_under_zero3_and_exports_its_whole_l_encoder(two_processes):
+    """Both encoders sharded by ZeRO-3 (built inside deepspeed.zero.Init, so their initial weights are not one
+    process's, and the export is what is checked): the L encoder is gathered from the shards into a stock
+    1-channel ResNet that plain transformers loads whole, and recipes/evaluate.py's probes of it are the ones the
+    run logged from its sharded model (two processes left one odd probe image out of each split)."""
+    from transformers import AutoModel
+
+    from fmkit.evaluate import main as evaluate
+
+    out, _ = two_processes("deepspeed_zero3.yaml", "cmc")
+    losses = train_losses(out)
+    assert sorted(losses) == list(range(1, 7)) and all(math.isfinite(loss) for loss in losses.values())
+    model, info = AutoModel.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.num_channels == 1 and all(p.numel() > 0 for p in model.parameters())
+    try:
+        assert evaluate([str(out), "--probe_train_images", "embedded:digits:train", "--probe_test_images",
+                         "embedded:digits:test", "--output_json", str(out / "reloaded.json")]) == 0  # fmt: skip
+    finally:
+        reset_accelerate()
+    reloaded, logged = json.loads((out / "reloaded.json").read_text())["metrics"], read_metrics(out)[-1]
+    for name in ("linear_probe_accuracy", "knn_accuracy", "few_shot_accuracy"):
+        assert reloaded[name] == pytest.approx(logged[name], abs=0.01), name
 
 
 MOMENTUM_REFUSED = "cannot run under DeepSpeed ZeRO-3: its momentum encoder averages whole parameters"
