@@ -9,6 +9,7 @@ and a fresh-process reload of the export: tests/test_registry.py.)"""
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import signal
@@ -593,8 +594,6 @@ def test_cmc_exports_the_l_encoder_as_a_one_channel_backbone_whose_processor_fee
     """A fresh process with plain transformers (no fmkit): AutoImageProcessor turns colour photographs into L, and
     the 1-channel AutoModel gives the trained L encoder's features, as the probes computed them from the checkpoint;
     the ab encoder is not exported."""
-    import json
-
     from fmkit.eval.representation import ProbePixels
     from fmkit.models.backbone import build_backbone
     from fmkit.models.luminance_processor import LuminanceImageProcessor
@@ -609,10 +608,6 @@ def test_cmc_exports_the_l_encoder_as_a_one_channel_backbone_whose_processor_fee
     assert result.returncode == 0, result.stderr[-3000:]
     exported = json.loads(result.stdout.splitlines()[-1])
     assert exported["channels"] == 1 and exported["pixels"] == [6, 1, 32, 32]
-    remote = subprocess.run([sys.executable, "-c", "import sys; from transformers import AutoImageProcessor; "
-                             "print(AutoImageProcessor.from_pretrained(sys.argv[1], trust_remote_code=True).__class__)",
-                             str(out)], capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert "LuminanceImageProcessor" in remote.stdout, remote.stderr[-2000:]
     assert ProbePixels.of(LuminanceImageProcessor.from_pretrained(out)).lightness
     trained = load_file(out / "checkpoints" / "step_4" / "model.safetensors")
     encoder = build_backbone("resnet", {**task.config.backbone_config, "num_channels": 1}, None, 32).model
@@ -624,10 +619,49 @@ def test_cmc_exports_the_l_encoder_as_a_one_channel_backbone_whose_processor_fee
     assert any(k.startswith("ab_backbone.") for k in trained)
     assert not any(k.startswith("ab_") or "projector" in k for k in load_file(out / "model.safetensors"))
     assert 'from_pretrained("PATH_OR_HUB_ID", trust_remote_code=True)' in (out / "README.md").read_text()
-    # Fine-tuning takes RGB models: it refuses this one in one line rather than failing on the first batch.
-    refused = run_recipe(["--task", "image-classification", "--model_name_or_path", str(out), "--output_dir",
-                          str(tmp_path / "finetune")], recipe="finetune.py", check=False)  # fmt: skip
-    assert_one_line_error(refused, "a 1-channel backbone (CMC's L encoder is one)")
+    assert_fine_tuned_l_encoder_classifies_rgb_images_in_a_fresh_process(out, tmp_path / "finetune")
+
+
+CLASSIFIED = """
+import json, sys
+import numpy as np
+from PIL import Image
+from transformers import pipeline
+
+folder, images, labels = sys.argv[1], np.load(sys.argv[2]), json.loads(sys.argv[3])
+classify = pipeline("image-classification", model=folder, trust_remote_code=True)
+answers = [a[0]["label"] for a in classify([Image.fromarray(image) for image in images], batch_size=32)]
+print(json.dumps({"processor": type(classify.image_processor).__name__, "channels": classify.model.config.num_channels,
+                  "accuracy": float(np.mean([a == t for a, t in zip(answers, labels, strict=True)]))}))
+"""
+
+
+def assert_fine_tuned_l_encoder_classifies_rgb_images_in_a_fresh_process(cmc_run: Path, out: Path) -> None:
+    """A linear probe fine-tuned on the 1-channel L encoder is saved with the luminance processor (and its code):
+    plain transformers' pipeline turns the RGB test digits into L and scores them as the run logged."""
+    from fmkit.data.image_array import load_image_array
+    from fmkit.models.backbone import processor_geometry
+    from fmkit.models.luminance_processor import LuminanceImageProcessor
+
+    configs = [str(preset_path(RECIPES / "configs", "finetune", "image-classification", kind))
+               for kind in ("demo", "debug")]  # fmt: skip
+    run_recipe(["--task", "image-classification", "--config", configs[0], "--config", configs[1],
+                "--model_name_or_path", str(cmc_run), "--output_dir", str(out), "--adapter", "linear",
+                "--label_fraction", "1", "--eval_batches", "0", "--max_steps", "30", "--learning_rate", "3e-2"],
+               recipe="finetune.py")  # fmt: skip
+    logged = {k: v for m in read_metrics(out) for k, v in m.items() if k.startswith("test_")}
+    _, stored = processor_geometry(LuminanceImageProcessor.from_pretrained(out))
+    test = load_image_array(["embedded:digits:test"], stored, labelled=True)
+    np.save(out.parent / "test.npy", test.images)
+    labels = json.dumps([test.class_names[i] for i in test.labels])
+    result = subprocess.run([sys.executable, "-c", CLASSIFIED, str(out), str(out.parent / "test.npy"), labels],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    reloaded = json.loads(result.stdout.splitlines()[-1])
+    assert reloaded["processor"] == "LuminanceImageProcessor" and reloaded["channels"] == 1
+    assert reloaded["accuracy"] == pytest.approx(logged["test_accuracy"], abs=1e-9)
+    assert logged["test_accuracy"] > 2 * logged["test_accuracy_majority"], logged
+    assert "trust_remote_code=True" in (out / "README.md").read_text()
 
 
 # -- every method -----------------------------------------------------------------------------------------------

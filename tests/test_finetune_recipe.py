@@ -279,6 +279,15 @@ def test_bad_input_is_one_line(tmp_path, mlm_model, labelled_files, monkeypatch)
                       "--train_files", str(two), "--test_files", str(two), check=False)  # fmt: skip
     assert_one_line_error(result, "pass --ignore_mismatched_sizes true")
 
+    from transformers import ResNetConfig, ResNetModel
+
+    two_channels = tmp_path / "two-channels"  # CMC's ab encoder would be one: no processor makes its input
+    ResNetModel(ResNetConfig(num_channels=2, embedding_size=8, hidden_sizes=[8], depths=[1])).save_pretrained(
+        two_channels
+    )
+    result = finetune("image-classification", tmp_path / "f", "--model_name_or_path", str(two_channels), check=False)
+    assert_one_line_error(result, f"{two_channels}: a 2-channel backbone with no image processor; image-classification")
+
     monkeypatch.chdir(tmp_path)
     result = run_recipe(["--output_dir", str(tmp_path / "e")], recipe="finetune.py", check=False)
     assert_one_line_error(result, "runs/mlm-demo: no model there yet; make it first with "

@@ -79,7 +79,8 @@ class RepresentationProbe:
 @dataclass(frozen=True)
 class ProbePixels:
     """uint8 [B, S, S, 3] stored images -> [B, C, size, size] normalised centre crops: what the probes feed a
-    backbone, and what the image processor a backbone is exported with does to a new image."""
+    backbone, and what the image processor a backbone is exported with does to a new image (fine-tuning's
+    training batches take seeded random crops instead)."""
 
     size: int
     mean: Sequence[float]
@@ -95,8 +96,10 @@ class ProbePixels:
         lightness = type(processor).__name__ == LuminanceImageProcessor.__name__
         return cls(size, processor.image_mean, processor.image_std, lightness)
 
-    def __call__(self, images: np.ndarray) -> torch.Tensor:
-        crops = square_crops(images, self.size, None)
+    def __call__(
+        self, images: np.ndarray, rngs: list[np.random.Generator] | None = None, flip: bool = False
+    ) -> torch.Tensor:
+        crops = square_crops(images, self.size, rngs, flip)
         if self.lightness:
             crops = cie_lightness(crops) / 100
         mean, std = (torch.tensor(values, dtype=torch.float32).view(-1, 1, 1) for values in (self.mean, self.std))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModelForImageClassification
+from transformers import AutoConfig, AutoModelForImageClassification, ConvNextImageProcessor
 
 from fmkit.config import POSITIVE, ranged
 from fmkit.data.fashion_mnist import fashion_mnist_installed
@@ -23,10 +23,11 @@ from fmkit.data.images import BadImage, decode_image, resize_square
 from fmkit.data.loader import sample_seeds
 from fmkit.data.named_images import default_probe_sources
 from fmkit.errors import ConfigError, DataError
+from fmkit.eval.representation import ProbePixels
 from fmkit.models.backbone import IMAGENET_MEAN, IMAGENET_STD, image_processor, load_image_processor, processor_geometry
+from fmkit.models.luminance_processor import LuminanceImageProcessor
 from fmkit.tasks import register_task
 from fmkit.tasks.finetune.common import ClassificationTask, FinetuneConfig, LabelledData, Split, class_ids
-from fmkit.vision.crops import square_crops
 
 logger = logging.getLogger(__name__)
 
@@ -96,24 +97,27 @@ class ImageClassification(ClassificationTask):
         config = self.config
         image_size, stored_size, mean, std = 64, 72, IMAGENET_MEAN, IMAGENET_STD
         try:
-            channels = getattr(AutoConfig.from_pretrained(config.model_name_or_path), "num_channels", 3)
-        except (OSError, ValueError):
-            channels = 3
-        if channels != 3:
-            raise ConfigError(
-                f"model_name_or_path {config.model_name_or_path}: a {channels}-channel backbone (CMC's L encoder "
-                "is one); image-classification fine-tunes RGB (3-channel) models"
-            )
-        try:
             processor = load_image_processor(config.model_name_or_path)
         except (OSError, ValueError):
             processor = None
         if processor is not None:
             image_size, stored_size = processor_geometry(processor)
             mean, std = processor.image_mean, processor.image_std
+        lightness = isinstance(processor, LuminanceImageProcessor)
+        try:
+            channels = getattr(AutoConfig.from_pretrained(config.model_name_or_path), "num_channels", 3)
+        except (OSError, ValueError):
+            channels = 3
+        if channels != (1 if lightness else 3):
+            saved_with = f"image processor {type(processor).__name__}" if processor else "no image processor"
+            raise ConfigError(
+                f"model_name_or_path {config.model_name_or_path}: a {channels}-channel backbone with {saved_with}; "
+                "image-classification fine-tunes RGB (3-channel) models and 1-channel ones saved with fmkit's "
+                "LuminanceImageProcessor (CMC's L encoder)"
+            )
         self.image_size = config.image_size or image_size
         self.stored_size = config.stored_size or max(stored_size, self.image_size)
-        self.mean, self.std = (torch.tensor(values, dtype=torch.float32).view(3, 1, 1) for values in (mean, std))
+        self.pixels = ProbePixels(self.image_size, mean, std, lightness)
 
     def fixed_baselines(self, accelerator) -> dict[str, dict[str, float]]:
         """For a CLIP model: its own zero-shot accuracy (class names as prompts), which the fine-tune must beat."""
@@ -154,8 +158,8 @@ class ImageClassification(ClassificationTask):
         rngs = None
         if training:
             rngs = [np.random.default_rng(s) for s in sample_seeds(self.config.seed, TRAIN_SEED_STREAM, positions)]
-        pixels = square_crops(images, self.image_size, rngs, self.config.horizontal_flip)
-        return {"pixel_values": (pixels - self.mean) / self.std, "labels": torch.from_numpy(split.labels[positions])}
+        pixels = self.pixels(images, rngs, self.config.horizontal_flip)
+        return {"pixel_values": pixels, "labels": torch.from_numpy(split.labels[positions])}
 
     def predict_inputs(self, path: str) -> tuple[list[str], Split]:
         files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
@@ -176,13 +180,16 @@ class ImageClassification(ClassificationTask):
         return names, Split(array, np.arange(len(array)), np.zeros(len(array), dtype=np.int64))
 
     def save_processor(self, output_dir: Path) -> None:
-        mean, std = self.mean.flatten().tolist(), self.std.flatten().tolist()
-        image_processor(self.image_size, self.stored_size, mean, std).save_pretrained(output_dir)
+        """The processor that feeds the model what it trained on; a LuminanceImageProcessor brings its code along."""
+        pixels = self.pixels
+        kind = LuminanceImageProcessor if pixels.lightness else ConvNextImageProcessor
+        image_processor(self.image_size, self.stored_size, pixels.mean, pixels.std, kind).save_pretrained(output_dir)
 
     def usage(self) -> str:
+        remote_code = ", trust_remote_code=True" if self.pixels.lightness else ""
         return (
             "from transformers import pipeline\n\n"
-            'classify = pipeline("image-classification", model="PATH_OR_HUB_ID")\n'
+            f'classify = pipeline("image-classification", model="PATH_OR_HUB_ID"{remote_code})\n'
             'print(classify("photo.jpg"))'
         )
 
