@@ -76,6 +76,12 @@ class RepresentationProbe:
         return torch.cat(out) if out else torch.zeros(0, backbone.vector_dim)
 
 
+def feeds_lightness(processor) -> bool:
+    """Whether an image processor is fmkit's LuminanceImageProcessor, so its model takes CIE lightness alone. By
+    name: loaded with trust_remote_code, the class comes from the folder's copy, not from fmkit."""
+    return type(processor).__name__ == LuminanceImageProcessor.__name__
+
+
 @dataclass(frozen=True)
 class ProbePixels:
     """uint8 [B, S, S, 3] stored images -> [B, C, size, size] normalised centre crops: what the probes feed a
@@ -92,9 +98,7 @@ class ProbePixels:
     def of(cls, processor) -> ProbePixels:
         """What an fmkit export's image processor does to an image stored at the size it resizes to."""
         size, _ = processor_geometry(processor)
-        # By name: loaded with trust_remote_code, the class comes from the folder's copy, not from fmkit.
-        lightness = type(processor).__name__ == LuminanceImageProcessor.__name__
-        return cls(size, processor.image_mean, processor.image_std, lightness)
+        return cls(size, processor.image_mean, processor.image_std, feeds_lightness(processor))
 
     def __call__(
         self, images: np.ndarray, rngs: list[np.random.Generator] | None = None, flip: bool = False

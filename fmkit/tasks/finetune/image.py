@@ -23,7 +23,7 @@ from fmkit.data.images import BadImage, decode_image, resize_square
 from fmkit.data.loader import sample_seeds
 from fmkit.data.named_images import default_probe_sources
 from fmkit.errors import ConfigError, DataError
-from fmkit.eval.representation import ProbePixels
+from fmkit.eval.representation import ProbePixels, feeds_lightness
 from fmkit.models.backbone import IMAGENET_MEAN, IMAGENET_STD, image_processor, load_image_processor, processor_geometry
 from fmkit.models.luminance_processor import LuminanceImageProcessor
 from fmkit.tasks import register_task
@@ -103,7 +103,7 @@ class ImageClassification(ClassificationTask):
         if processor is not None:
             image_size, stored_size = processor_geometry(processor)
             mean, std = processor.image_mean, processor.image_std
-        lightness = isinstance(processor, LuminanceImageProcessor)
+        lightness = feeds_lightness(processor)
         try:
             channels = getattr(AutoConfig.from_pretrained(config.model_name_or_path), "num_channels", 3)
         except (OSError, ValueError):
@@ -115,9 +115,9 @@ class ImageClassification(ClassificationTask):
                 "image-classification fine-tunes RGB (3-channel) models and 1-channel ones saved with fmkit's "
                 "LuminanceImageProcessor (CMC's L encoder)"
             )
-        self.image_size = config.image_size or image_size
-        self.stored_size = config.stored_size or max(stored_size, self.image_size)
-        self.pixels = ProbePixels(self.image_size, mean, std, lightness)
+        image_size = config.image_size or image_size
+        self.stored_size = config.stored_size or max(stored_size, image_size)
+        self.pixels = ProbePixels(image_size, mean, std, lightness)
 
     def fixed_baselines(self, accelerator) -> dict[str, dict[str, float]]:
         """For a CLIP model: its own zero-shot accuracy (class names as prompts), which the fine-tune must beat."""
@@ -183,7 +183,7 @@ class ImageClassification(ClassificationTask):
         """The processor that feeds the model what it trained on; a LuminanceImageProcessor brings its code along."""
         pixels = self.pixels
         kind = LuminanceImageProcessor if pixels.lightness else ConvNextImageProcessor
-        image_processor(self.image_size, self.stored_size, pixels.mean, pixels.std, kind).save_pretrained(output_dir)
+        image_processor(pixels.size, self.stored_size, pixels.mean, pixels.std, kind).save_pretrained(output_dir)
 
     def usage(self) -> str:
         remote_code = ", trust_remote_code=True" if self.pixels.lightness else ""
