@@ -303,7 +303,17 @@ class Trainer:
 
     def _load(self, accelerator, checkpoint: Path, state: LoopState) -> None:
         expected, processes = state.global_micro_batch, state.processes
-        accelerator.load_state(str(checkpoint))
+        try:
+            accelerator.load_state(str(checkpoint))
+        except RuntimeError as error:
+            if "Error(s) in loading state_dict" not in str(error):
+                raise
+            first = next(line.strip() for line in str(error).splitlines()[1:] if line.strip()).rstrip(".")
+            first = first if len(first) <= 200 else first[:200] + "..."  # missing keys come as one long list
+            raise ConfigError(
+                f"{checkpoint}: its weights do not fit this model ({first}); resume with the architecture and "
+                "settings that saved it"
+            ) from None
         if state.global_micro_batch != expected:
             raise ConfigError(
                 f"{checkpoint}: saved with {state.global_micro_batch} samples per global micro-batch, now {expected} "

@@ -48,3 +48,12 @@ def test_random_copy_keeps_the_pooling():
 def test_pooling_that_does_not_fit_the_backbone_is_refused(model_type, overrides, pooling):
     with pytest.raises(ConfigError, match=f"feature_pooling '{pooling}' does not apply"):
         build_backbone(model_type, overrides, None, 16, pooling)
+
+
+@pytest.mark.parametrize(("model_type", "overrides"), [("resnet", RESNET), ("convnext", CONVNEXT), ("vit", VIT)])
+def test_stage_maps_have_the_shapes_stage_shapes_gives_and_end_with_the_feature_map(model_type, overrides):
+    backbone = build_backbone(model_type, overrides, None, 16).eval()
+    with torch.no_grad():
+        maps, last = backbone.stage_maps(PIXELS), backbone.feature_map(PIXELS)
+    assert [(16 // stage.shape[-1], stage.shape[1]) for stage in maps] == backbone.stage_shapes()
+    torch.testing.assert_close(maps[-1], last)

@@ -206,6 +206,16 @@ def test_a_checkpoint_without_the_task_state_is_refused_in_one_line(tmp_path):
         train(tmp_path, resume_from_checkpoint=str(checkpoint), max_steps=6)
 
 
+def test_a_checkpoint_whose_weights_do_not_fit_the_model_is_refused_in_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    run = train(tmp_path, save_every=3, max_steps=3)
+    checkpoint = Path(run.config.output_dir) / "checkpoints" / "step_3"
+    save_file({"weight": torch.zeros(1, DIM + 1), "bias": torch.zeros(1)}, checkpoint / "model.safetensors")
+    with pytest.raises(ConfigError, match=r"step_3: its weights do not fit this model \(size mismatch for weight"):
+        train(tmp_path, resume_from_checkpoint=str(checkpoint), max_steps=6)
+
+
 def test_a_run_saved_with_an_unknown_config_key_is_refused_in_one_line(tmp_path):
     run = train(tmp_path, save_every=3, max_steps=3)
     saved = Path(run.config.output_dir) / "config.yaml"

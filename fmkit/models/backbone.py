@@ -69,6 +69,20 @@ class Backbone(nn.Module):
         tokens = outputs.last_hidden_state[:, -height * width :]
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
 
+    def stage_maps(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage's map, finest first, the last one as `feature_map` gives it; a ViT has one stage."""
+        if self.is_transformer:
+            return [self.feature_map(pixel_values)]
+        stages = list(self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[1:])
+        stages[-1] = self._final_norm(stages[-1])
+        return stages
+
+    def stage_shapes(self) -> list[tuple[int, int]]:
+        """(stride, channels) of each map `stage_maps` returns."""
+        if self.is_transformer:
+            return [(self.stride, self.feature_dim)]
+        return [(4 * 2**i, channels) for i, channels in enumerate(self.model.config.hidden_sizes)]
+
     def _final_norm(self, feature_map: torch.Tensor) -> torch.Tensor:
         """ConvNeXt normalises only its pooled vector; the map goes through the same norm, so that dense
         pretext tasks train every backbone parameter (and DDP finds no unused ones)."""

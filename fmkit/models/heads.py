@@ -7,6 +7,7 @@ head would learn the task in the backbone's place.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -16,23 +17,49 @@ def classifier(in_features: int, num_classes: int, hidden: int = 512) -> nn.Sequ
     return mlp_head(in_features, hidden, num_classes)
 
 
-class DenseDecoder(nn.Sequential):
-    """Feature map -> image-sized prediction: `steps` x (upsample 2x, 3x3 conv, norm, ReLU), then a 1x1 conv."""
+class DenseDecoder(nn.Module):
+    """Feature map -> image-sized prediction: `steps` x (upsample 2x, 3x3 conv, norm, ReLU), then a 1x1 conv.
 
-    def __init__(self, in_channels: int, out_channels: int, steps: int, width: int = 128):
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 1)]
+    `skip_channels[i]` > 0 joins a map of that many channels after the i-th upsampling, as a U-Net's decoder
+    joins its encoder's (Ronneberger et al. 2015): detail finer than the deepest map's stride reaches the
+    prediction only that way.
+
+    `zero_start` starts the prediction at 0, as a residual over the input should start: from a random residual,
+    the first steps kill the decoder's ReLUs to cancel it, and it stays 0 (seen on super-resolution, whose
+    PSNR then never left the bicubic input's).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        steps: int,
+        width: int = 128,
+        skip_channels: list[int] | None = None,
+        zero_start: bool = False,
+    ):
+        super().__init__()
+        skip_channels = skip_channels or [0] * steps
+        self.project = nn.Conv2d(in_channels, width, 1)
+        self.steps = nn.ModuleList()
         channels = width
-        for _ in range(steps):
+        for extra in skip_channels:
             narrower = max(channels // 2, 32)
-            layers += [
-                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                nn.Conv2d(channels, narrower, 3, padding=1),
-                nn.GroupNorm(8, narrower),
-                nn.ReLU(inplace=True),
-            ]
+            conv = nn.Conv2d(channels + extra, narrower, 3, padding=1)
+            self.steps.append(nn.Sequential(conv, nn.GroupNorm(8, narrower), nn.ReLU(inplace=True)))
             channels = narrower
-        layers.append(nn.Conv2d(channels, out_channels, 1))
-        super().__init__(*layers)
+        self.out = nn.Conv2d(channels, out_channels, 1)
+        if zero_start:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, feature_map: torch.Tensor, skips: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """`skips[i]`, unless None, is the map joined after the i-th upsampling."""
+        hidden = self.project(feature_map)
+        for step, skip in zip(self.steps, skips or [None] * len(self.steps), strict=True):
+            hidden = F.interpolate(hidden, scale_factor=2, mode="bilinear", align_corners=False)
+            hidden = step(hidden if skip is None else torch.cat([hidden, skip], 1))
+        return self.out(hidden)
 
 
 class PatchDiscriminator(nn.Module):

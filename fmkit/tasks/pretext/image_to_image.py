@@ -30,18 +30,43 @@ DISCRIMINATOR = "discriminator"
 class ImageToImageConfig(PretextConfig):
     adversarial_weight: float = ranged(0.0, NON_NEGATIVE)
     """Weight of the adversarial loss from a PatchGAN discriminator trained in its own stage; 0 turns it off."""
+    decoder_skips: bool = False
+    """U-Net skips: the decoder also sees each finer backbone stage and the input at full resolution."""
 
 
 class Restorer(PretextModel):
-    """Backbone + dense decoder, predicting at 1/output_stride of the input resolution."""
+    """Backbone + dense decoder, predicting at 1/output_stride of the input resolution.
 
-    def __init__(self, backbone: Backbone, out_channels: int = 3, output_stride: int = 1):
+    With `skips`, a U-Net: after each upsampling the decoder joins the backbone stage of that resolution, and
+    at full resolution the input itself. Without them, detail finer than the backbone's stride is lost, and a
+    super-resolution decoder can only return its input. `zero_start`: the prediction starts at 0.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        out_channels: int = 3,
+        output_stride: int = 1,
+        skips: bool = False,
+        zero_start: bool = False,
+    ):
         super().__init__(backbone)
         steps = upsampling_steps(backbone.stride // output_stride)
-        self.decoder = DenseDecoder(backbone.feature_dim, out_channels, steps)
+        self.decoder_strides = [backbone.stride // 2 ** (step + 1) for step in range(steps)]
+        """The resolution after each upsampling, as a stride."""
+        self.joined: dict[int, int] = {}
+        """Channels the decoder joins at each stride: the finer stages', and the input's at stride 1."""
+        if skips:
+            self.joined = dict(backbone.stage_shapes()[:-1]) | {1: backbone.model.config.num_channels}
+        joins = [self.joined.get(stride, 0) for stride in self.decoder_strides]
+        self.decoder = DenseDecoder(backbone.feature_dim, out_channels, steps, 128, joins, zero_start)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.backbone.feature_map(pixel_values))
+        maps = self.backbone.stage_maps(pixel_values)
+        strides = [stride for stride, _ in self.backbone.stage_shapes()]
+        by_stride = dict(zip(strides, maps, strict=True)) | {1: pixel_values}
+        skips = [by_stride[stride] if stride in self.joined else None for stride in self.decoder_strides]
+        return self.decoder(maps[-1], skips)
 
 
 class ImageToImagePretext(PretextTask):
@@ -51,6 +76,8 @@ class ImageToImagePretext(PretextTask):
     pixel_loss: Literal["l1", "l2"] = "l1"
     baseline: str = "degraded_input"
     """What the degraded input is, naming its PSNR: eval_psnr_<baseline> is what returning the input scores."""
+    residual_starts_at_zero: bool = False
+    """Start the predicted residual at 0 rather than at a random function of the input (see DenseDecoder)."""
 
     @property
     def restoration(self) -> str:
@@ -64,7 +91,7 @@ class ImageToImagePretext(PretextTask):
         return f"{self.restoration}: {self.pixel_loss.upper()}{adversarial}"
 
     def build_model(self, backbone: Backbone) -> Restorer:
-        self.restorer = Restorer(backbone)
+        self.restorer = Restorer(backbone, skips=self.config.decoder_skips, zero_start=self.residual_starts_at_zero)
         return self.restorer
 
     def supports(self) -> Supports:
