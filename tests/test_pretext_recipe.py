@@ -399,7 +399,7 @@ def test_pretext_task_beats_its_random_backbone_on_fashion_mnist(tmp_path, task)
 
 
 @pytest.mark.parametrize("skips", [False, True])
-def test_a_fresh_restorer_returns_its_input_and_a_unet_joins_every_finer_stage_and_the_input(skips):
+def test_a_zero_started_restorer_predicts_no_change_and_a_unet_joins_every_finer_stage_and_the_input(skips):
     from fmkit.models.backbone import build_backbone
     from fmkit.tasks.pretext.image_to_image import Restorer
 

@@ -46,7 +46,7 @@ class Backbone(nn.Module):
         """Channels of `feature_map`."""
         self.vector_dim = sum(config.hidden_sizes) if pooling == "stages" else self.feature_dim
         """Length of the vector `forward` returns."""
-        self.stride = config.patch_size if self.is_transformer else 4 * 2 ** (len(config.hidden_sizes) - 1)
+        self.stride = config.patch_size if self.is_transformer else self.stage_shapes()[-1][0]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """One feature vector per image, pooled as `pooling` says."""
@@ -78,7 +78,7 @@ class Backbone(nn.Module):
         return stages
 
     def stage_shapes(self) -> list[tuple[int, int]]:
-        """(stride, channels) of each map `stage_maps` returns."""
+        """(stride, channels) of each map `stage_maps` returns: a CNN's stem has stride 4, each later stage halves."""
         if self.is_transformer:
             return [(self.stride, self.feature_dim)]
         return [(4 * 2**i, channels) for i, channels in enumerate(self.model.config.hidden_sizes)]

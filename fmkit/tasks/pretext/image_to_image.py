@@ -52,21 +52,18 @@ class Restorer(PretextModel):
     ):
         super().__init__(backbone)
         steps = upsampling_steps(backbone.stride // output_stride)
-        self.decoder_strides = [backbone.stride // 2 ** (step + 1) for step in range(steps)]
-        """The resolution after each upsampling, as a stride."""
-        self.joined: dict[int, int] = {}
-        """Channels the decoder joins at each stride: the finer stages', and the input's at stride 1."""
-        if skips:
-            self.joined = dict(backbone.stage_shapes()[:-1]) | {1: backbone.model.config.num_channels}
-        joins = [self.joined.get(stride, 0) for stride in self.decoder_strides]
+        after_each_step = [backbone.stride // 2 ** (step + 1) for step in range(steps)]
+        joinable = (dict(backbone.stage_shapes()[:-1]) | {1: backbone.model.config.num_channels}) if skips else {}
+        self.joined_strides = [stride if stride in joinable else None for stride in after_each_step]
+        """Per upsampling step, the stride of the map the decoder joins (a finer stage, or 1: the input), or None."""
+        joins = [joinable.get(stride, 0) for stride in after_each_step]
         self.decoder = DenseDecoder(backbone.feature_dim, out_channels, steps, 128, joins, zero_start)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         maps = self.backbone.stage_maps(pixel_values)
         strides = [stride for stride, _ in self.backbone.stage_shapes()]
         by_stride = dict(zip(strides, maps, strict=True)) | {1: pixel_values}
-        skips = [by_stride[stride] if stride in self.joined else None for stride in self.decoder_strides]
-        return self.decoder(maps[-1], skips)
+        return self.decoder(maps[-1], [None if stride is None else by_stride[stride] for stride in self.joined_strides])
 
 
 class ImageToImagePretext(PretextTask):
