@@ -162,6 +162,7 @@ def two_processes(tmp_path_factory, text_files, initial_model, initial_backbone,
             "mlm": mlm,
             "rotation": TwoProcessRun("pretext.py", [*pretext_args("rotation", None, 8), *zero3_start]),
             "cmc": TwoProcessRun("contrastive.py", pretext_args("cmc", None, 8)),
+            "npid": TwoProcessRun("contrastive.py", [*pretext_args("npid", None, 8), *zero3_start]),
             "moco-refused": TwoProcessRun("contrastive.py", pretext_args("moco", None, 8)),
             "byol-refused": TwoProcessRun("contrastive.py", pretext_args("byol", None, 8)),
         },
@@ -258,7 +259,8 @@ def initial_backbone(tmp_path_factory):
     ("task", "config"),
     [("rotation", "deepspeed_zero2.yaml"), ("rotation", "deepspeed_zero3.yaml"), ("inpainting", "ddp.yaml"),
      ("simclr", "ddp.yaml"), ("simclr", "deepspeed_zero2.yaml"), ("moco", "ddp.yaml"), ("moco-v3", "ddp.yaml"),
-     ("byol", "ddp.yaml"), ("npid", "ddp.yaml"), ("deepcluster", "ddp.yaml"), ("cmc", "ddp.yaml")],
+     ("byol", "ddp.yaml"), ("npid", "ddp.yaml"), ("npid", "deepspeed_zero3.yaml"), ("deepcluster", "ddp.yaml"),
+     ("cmc", "ddp.yaml")],
 )  # fmt: skip
 def test_vision_two_processes_match_one(tmp_path, initial_backbone, two_processes, task, config):
     one = tmp_path / "one"
@@ -294,8 +296,8 @@ def assert_same_bank_on_every_rank_as_on_one(one: Path, two: Path) -> None:
         assert torch.equal(ranks[0]["bank"], ranks[1]["bank"]) and ranks[0]["normalizer"] == ranks[1]["normalizer"]
         torch.testing.assert_close(ranks[0]["bank"], reference["bank"], rtol=tolerance, atol=tolerance, msg=str(step))
         assert ranks[0]["normalizer"] == pytest.approx(reference["normalizer"], rel=1e-5)
-    initial = F.normalize(torch.randn(512, 128, generator=torch.Generator().manual_seed(42)), dim=1)
-    assert (reference["bank"] - initial).norm(dim=1).gt(1e-3).sum() >= 6 * 16  # every step moved its 16 entries
+    moved = (reference["bank"] - state(one, 1, 0)["bank"]).norm(dim=1).gt(1e-3).sum()
+    assert moved >= 5 * 16  # steps 2-6 each moved their 16 entries
 
 
 def assert_same_clustering_on_every_rank_as_on_one(one: Path, two: Path) -> None:

@@ -25,6 +25,10 @@ from fmkit.tasks.base import MAIN_STAGE, BatchCount
 from fmkit.tasks.vision import VisionConfig, VisionTask
 from fmkit.vision.views import VIEW_PRESETS
 
+EMBEDDING_BATCH = 256
+"""Images per forward when a method embeds its images outside the loss (DeepCluster's clustering, NPID's bank
+start): fixed, so the features do not depend on the per-process batch size, and 2 processes embed what 1 does."""
+
 
 @dataclass
 class ContrastiveConfig(VisionConfig):
@@ -73,6 +77,25 @@ class OnlineNetwork(nn.Module):
 class ContrastiveTask(VisionTask):
     config: ContrastiveConfig
     family = "contrastive method"
+
+    def setup(self, accelerator) -> nn.Module:
+        self.model = super().setup(accelerator)
+        """The unwrapped module, for `projections` (after `prepare` it sits on the device)."""
+        return self.model
+
+    @torch.no_grad()
+    def projections(self, index: np.ndarray) -> torch.Tensor:
+        """[len(index), projection_dim] projections of centre crops of those training images, in eval mode: the
+        network's own view of them, without augmentation or batch statistics (on CPU)."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        out = []
+        for first in range(0, len(index), EMBEDDING_BATCH):
+            images = self.train_images.images[index[first : first + EMBEDDING_BATCH]]
+            out.append(model.project(self.normalize(self.crops(images, None)).to(self.device)).float().cpu())
+        model.train(was_training)
+        return torch.cat(out)
 
     def make_batch(self, images: np.ndarray, rngs: list[np.random.Generator], training: bool) -> dict:
         """{"views": [B, V, 3, image_size, image_size]}, normalised."""

@@ -46,9 +46,6 @@ from fmkit.vision.views import VIEW_PRESETS
 
 logger = logging.getLogger(__name__)
 
-EMBEDDING_BATCH = 256
-"""Images per forward when embedding the clustered images: fixed, so the features (and clusters) do not depend on
-the per-process batch size, and 2 processes cluster what 1 does."""
 
 
 @dataclass
@@ -165,13 +162,13 @@ class DeepCluster(ContrastiveTask):
         return OnlineNetwork(backbone, projector, nn.Linear(config.projection_dim, config.num_clusters))
 
     def setup(self, accelerator) -> nn.Module:
-        self.model = super().setup(accelerator)
+        model = super().setup(accelerator)
         # Sorted, so the clustered images are read in file order.
         self.cluster_index = np.sort(self.first_training_images(self.config.cluster_images, "cluster_images"))
         self.clustering: Clustering | None = None
         self.period = -1
         """The clustering period (step // recluster_every) the current clustering was made for."""
-        return self.model
+        return model
 
     def make_batch(self, images: np.ndarray, rngs: list[np.random.Generator], training: bool) -> dict:
         return self.stacked_views(images, rngs, VIEW_PRESETS[self.config.views][:1])
@@ -181,19 +178,6 @@ class DeepCluster(ContrastiveTask):
         return BatchCount(items=images, samples=images)
 
     # -- clustering ---------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def projections(self, index: np.ndarray) -> torch.Tensor:
-        """[len(index), projection_dim] projections of centre crops of those training images, in eval mode."""
-        model = self.model
-        was_training = model.training
-        model.eval()
-        out = []
-        for first in range(0, len(index), EMBEDDING_BATCH):
-            images = self.train_images.images[index[first : first + EMBEDDING_BATCH]]
-            out.append(model.project(self.normalize(self.crops(images, None)).to(self.device)).float().cpu())
-        model.train(was_training)
-        return torch.cat(out)
-
     def recluster(self, period: int) -> None:
         config = self.config
         clustering = cluster_features(self.projections(self.cluster_index), config.num_clusters, config.pca_dim,

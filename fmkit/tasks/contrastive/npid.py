@@ -16,6 +16,11 @@ new projection,
 
 identically on every process. Bank and Z are task state, checkpointed with the run. Held-out images have no bank
 entry: their held-out loss takes a second view's projection as the positive, against K bank rows drawn once.
+
+The bank starts as the initial network's own projections of its images (centre crops, eval mode), where the paper
+starts from random unit vectors. With random entries each image's positive is, until the bank has been visited a
+few times, a random target to memorise: on the demo (seed 0, 3,000 steps) the random start left the kNN probe 0.5
+points below the random backbone's, the projection start lifts it to 4.75 points above.
 """
 
 from __future__ import annotations
@@ -96,18 +101,19 @@ class NPID(ContrastiveTask):
     def setup(self, accelerator) -> nn.Module:
         model = super().setup(accelerator)
         self.bank_index = self.first_training_images(self.config.bank_images, "bank_images")
-        self.start_bank()
-        return model
-
-    def start_bank(self) -> None:
-        """Random unit vectors from the seed, as the paper starts; the same on every process."""
-        config = self.config
-        generator = torch.Generator().manual_seed(config.seed)
-        bank = torch.randn(config.bank_images, config.projection_dim, generator=generator)
-        self.bank = F.normalize(bank, dim=1).to(self.device)
+        self.bank: torch.Tensor | None = None
+        """[bank_images, projection_dim]; made at its first use (`memory`), once the model is on its device."""
         self.normalizer: float | None = None
         self.step_features: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.step_features_step = -1
+        return model
+
+    def memory(self) -> torch.Tensor:
+        """The bank; a fresh run starts it from the network's projections (see the module doc), the same on every
+        process (every process embeds every bank image; under ZeRO-3 the forwards are collective)."""
+        if self.bank is None:
+            self.bank = F.normalize(self.projections(self.bank_index), dim=1).to(self.device)
+        return self.bank
 
     def make_batch(self, images: np.ndarray, rngs: list[np.random.Generator], training: bool) -> dict:
         """{"views": [B, V, 3, size, size]}: the preset's first view; held out, two views of that recipe."""
@@ -132,22 +138,24 @@ class NPID(ContrastiveTask):
         """Summed over this process's images: each projection against its bank entry and the step's K noise rows."""
         features = F.normalize(model(batch["views"][:, 0]).float(), dim=1)
         rows = batch["bank_rows"]
-        noise = self.bank[negative_rows(self.config.seed, TRAIN_STREAM, self.step, len(self.bank),
-                                        self.config.num_negatives).to(self.bank.device)]  # fmt: skip
+        bank = self.memory()
+        noise = bank[negative_rows(self.config.seed, TRAIN_STREAM, self.step, len(bank),
+                                   self.config.num_negatives).to(bank.device)]  # fmt: skip
         if self.step_features_step != self.step:  # a step mixed precision skipped leaves features that never count
             self.step_features, self.step_features_step = [], self.step
         self.step_features.append((rows, features.detach()))
         if self.normalizer is None and self.config.npid_loss == "nce":
-            self.normalizer = self._estimated_normalizer(features, self.bank[rows], noise)
-        return self._loss(features, self.bank[rows], noise, self.normalizer)
+            self.normalizer = self._estimated_normalizer(features, bank[rows], noise)
+        return self._loss(features, bank[rows], noise, self.normalizer)
 
     def heldout_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         """Held-out images have no bank entry: a second view's projection is the positive."""
         views = batch["views"]
         features = F.normalize(model(views.transpose(0, 1).flatten(0, 1)).float(), dim=1)
         first, second = features.chunk(2)
-        noise = self.bank[negative_rows(self.config.seed, EVAL_STREAM, 0, len(self.bank),
-                                        self.config.num_negatives).to(self.bank.device)]  # fmt: skip
+        bank = self.memory()
+        noise = bank[negative_rows(self.config.seed, EVAL_STREAM, 0, len(bank),
+                                   self.config.num_negatives).to(bank.device)]  # fmt: skip
         normalizer = self.normalizer
         if normalizer is None and self.config.npid_loss == "nce":  # before the first step
             normalizer = self._estimated_normalizer(first, second, noise)
@@ -159,7 +167,7 @@ class NPID(ContrastiveTask):
             return info_nce_loss(features, positives, config.temperature, negatives=noise, in_batch_negatives=False,
                                  reduction="sum")  # fmt: skip
         positive_scores = (features * positives).sum(dim=1)
-        return nce_loss(positive_scores, features @ noise.T, config.temperature, normalizer, len(self.bank),
+        return nce_loss(positive_scores, features @ noise.T, config.temperature, normalizer, config.bank_images,
                         reduction="sum")  # fmt: skip
 
     @torch.no_grad()
@@ -167,20 +175,20 @@ class NPID(ContrastiveTask):
         """Z from every score (positive and noise) of the global batch, as the paper estimates it."""
         scores = torch.cat([(features * positives).sum(dim=1, keepdim=True), features @ noise.T], dim=1)
         everyone, _ = gather_with_grad(scores.detach())
-        return nce_normalizer(everyone, self.config.temperature, len(self.bank))
+        return nce_normalizer(everyone, self.config.temperature, self.config.bank_images)
 
     def after_step(self, model: nn.Module, stage: str = MAIN_STAGE) -> None:
         """Every process's projections of the step move their bank entries, micro-batch by micro-batch (a global
         micro-batch holds each image once; a step's micro-batches may repeat one across an epoch's end)."""
         for rows, features in self.step_features:
-            all_rows, _ = gather_with_grad(rows.to(self.bank.device))
+            all_rows, _ = gather_with_grad(rows.to(self.device))
             all_features, _ = gather_with_grad(features)
-            momentum_update(self.bank, all_rows, all_features, self.config.bank_momentum)
+            momentum_update(self.memory(), all_rows, all_features, self.config.bank_momentum)
         self.step_features = []
 
     def state_dict(self) -> dict:
         return {"bank": self.bank, "normalizer": self.normalizer}
 
     def load_state_dict(self, state: dict) -> None:
-        self.bank.copy_(state["bank"])
+        self.bank = state["bank"].to(self.device)
         self.normalizer = state["normalizer"]
