@@ -2,9 +2,9 @@
 
 Each run is `python recipes/finetune.py ... --seed S` as a user runs it, in its own process. The seed changes the
 head's initialisation, the validation split and the data order; the pretrained model stays the one given (the
-demos': runs/mlm-demo, runs/pretext-rotation, runs/contrastive-simclr; make them first). From each run it keeps
-the test scores (with the scratch twin's, when the row trains one) and the share of trained parameters, and
-prints mean +- spread (half the range) per row as a Markdown table and as JSON.
+demos': runs/mlm-demo, runs/pretext-rotation, runs/contrastive-simclr, runs/contrastive-npid; make them first).
+From each run it keeps the test scores (with the scratch twin's, when the row trains one) and the share of
+trained parameters, and prints mean +- spread (half the range) per row as a Markdown table and as JSON.
 
     python benchmarks/finetune_seeds.py --rows text-full text-lora --seeds 0 1 2 --out finetune.json
 """
@@ -28,6 +28,7 @@ ROWS = {
     "text-linear": ["--task", "text-classification", "--adapter", "linear", "--compare_scratch", "false"],
     "image-rotation": ["--task", "image-classification"],
     "image-simclr": ["--task", "image-classification", "--model_name_or_path", "runs/contrastive-simclr"],
+    "image-npid": ["--task", "image-classification", "--model_name_or_path", "runs/contrastive-npid"],
 }
 """Each row's flags on top of its task's demo preset."""
 TRAINED_SHARE = re.compile(r"adapter trains ([\d,]+) of ([\d,]+) parameters")
