@@ -458,7 +458,7 @@ def test_npid_starts_its_bank_from_the_network_and_resumes_it_exactly_and_trains
     assert sorted(rows.tolist()) == list(range(256)) and len(task.bank_index) == 256
     assert set(task.bank_index) <= set(task.train_index)
     untouched = sorted(set(range(256)) - set(rows[:24].tolist()))  # steps 1-3: 3 batches of 8
-    start = task.memory()  # the run's initial weights, as the loop seeds them
+    start = task.memory(task.model)  # the run's initial weights, as the loop seeds them
     torch.testing.assert_close(task_state(straight, 3)["bank"][untouched], start[untouched], rtol=0, atol=1e-6)
     torch.testing.assert_close(start.norm(dim=1), torch.ones(256))
     assert not torch.allclose(task_state(straight, 3)["bank"][rows[:24]], start[rows[:24]], atol=1e-3)

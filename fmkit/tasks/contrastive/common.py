@@ -84,16 +84,21 @@ class ContrastiveTask(VisionTask):
         return self.model
 
     @torch.no_grad()
-    def projections(self, index: np.ndarray) -> torch.Tensor:
+    def projections(self, index: np.ndarray, network: nn.Module | None = None) -> torch.Tensor:
         """[len(index), projection_dim] projections of centre crops of those training images, in eval mode: the
-        network's own view of them, without augmentation or batch statistics (on CPU)."""
+        network's own view of them, without augmentation or batch statistics; returned on the CPU.
+
+        `network` maps pixels to projections: by default the unwrapped model's projector; a method whose forward
+        is its projection (NPID) passes its distributed wrapper, whose forward also works on sharded parameters.
+        """
         model = self.model
+        embed = network or model.project
         was_training = model.training
         model.eval()
         out = []
         for first in range(0, len(index), EMBEDDING_BATCH):
             images = self.train_images.images[index[first : first + EMBEDDING_BATCH]]
-            out.append(model.project(self.normalize(self.crops(images, None)).to(self.device)).float().cpu())
+            out.append(embed(self.normalize(self.crops(images, None)).to(self.device)).float().cpu())
         model.train(was_training)
         return torch.cat(out)
 

@@ -47,7 +47,6 @@ from fmkit.vision.views import VIEW_PRESETS
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class DeepClusterConfig(ContrastiveConfig):
     """DeepCluster: classify k-means pseudo-labels of the network's own features, re-clustered periodically."""
