@@ -144,9 +144,10 @@ class NPID(ContrastiveTask):
         if self.step_features_step != self.step:  # a step mixed precision skipped leaves features that never count
             self.step_features, self.step_features_step = [], self.step
         self.step_features.append((rows, features.detach()))
+        positives = bank[rows]
         if self.normalizer is None and self.config.npid_loss == "nce":
-            self.normalizer = self._estimated_normalizer(features, bank[rows], noise)
-        return self._loss(features, bank[rows], noise, self.normalizer)
+            self.normalizer = self._estimated_normalizer(features, positives, noise)
+        return self._loss(features, positives, noise, self.normalizer)
 
     def heldout_sums(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         """Held-out images have no bank entry: a second view's projection is the positive."""

@@ -57,7 +57,9 @@ class Restorer(PretextModel):
         self.joined_strides = [stride if stride in joinable else None for stride in after_each_step]
         """Per upsampling step, the stride of the map the decoder joins (a finer stage, or 1: the input), or None."""
         joins = [joinable.get(stride, 0) for stride in after_each_step]
-        self.decoder = DenseDecoder(backbone.feature_dim, out_channels, steps, 128, joins, zero_start)
+        self.decoder = DenseDecoder(
+            backbone.feature_dim, out_channels, steps, skip_channels=joins, zero_start=zero_start
+        )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         maps = self.backbone.stage_maps(pixel_values)
