@@ -10,6 +10,7 @@ from fmkit.models.backbone import build_backbone, random_copy
 
 RESNET = {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1], "layer_type": "basic"}
 CONVNEXT = {"hidden_sizes": [8, 16], "depths": [1, 1], "num_stages": 2}
+REGNET = {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1], "groups_width": 8}
 VIT = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32, "patch_size": 8}
 PIXELS = torch.randn(2, 3, 16, 16)
 
@@ -50,10 +51,26 @@ def test_pooling_that_does_not_fit_the_backbone_is_refused(model_type, overrides
         build_backbone(model_type, overrides, None, 16, pooling)
 
 
-@pytest.mark.parametrize(("model_type", "overrides"), [("resnet", RESNET), ("convnext", CONVNEXT), ("vit", VIT)])
+@pytest.mark.parametrize(
+    ("model_type", "overrides"),
+    [
+        ("resnet", RESNET),
+        ("resnet", {**RESNET, "downsample_in_first_stage": True}),
+        ("regnet", REGNET),  # a stem of stride 2, halved again in its first stage by default
+        ("regnet", {**REGNET, "downsample_in_first_stage": False}),
+        ("convnext", CONVNEXT),
+        ("convnext", {**CONVNEXT, "patch_size": 2}),
+        ("vit", VIT),
+    ],
+)
 def test_stage_maps_have_the_shapes_stage_shapes_gives_and_end_with_the_feature_map(model_type, overrides):
     backbone = build_backbone(model_type, overrides, None, 16).eval()
     with torch.no_grad():
         maps, last = backbone.stage_maps(PIXELS), backbone.feature_map(PIXELS)
     assert [(16 // stage.shape[-1], stage.shape[1]) for stage in maps] == backbone.stage_shapes()
     torch.testing.assert_close(maps[-1], last)
+
+
+def test_a_cnn_whose_stage_strides_are_unknown_is_refused_by_name():
+    with pytest.raises(ConfigError, match="backbone 'poolformer': its stage strides are unknown"):
+        build_backbone("poolformer", {"hidden_sizes": [8, 16], "depths": [1, 1], "num_encoder_blocks": 2}, None, 16)

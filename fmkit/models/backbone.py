@@ -78,10 +78,11 @@ class Backbone(nn.Module):
         return stages
 
     def stage_shapes(self) -> list[tuple[int, int]]:
-        """(stride, channels) of each map `stage_maps` returns: a CNN's stem has stride 4, each later stage halves."""
+        """(stride, channels) of each map `stage_maps` returns."""
         if self.is_transformer:
             return [(self.stride, self.feature_dim)]
-        return [(4 * 2**i, channels) for i, channels in enumerate(self.model.config.hidden_sizes)]
+        first = first_stage_stride(self.model.config)
+        return [(first * 2**i, channels) for i, channels in enumerate(self.model.config.hidden_sizes)]
 
     def _final_norm(self, feature_map: torch.Tensor) -> torch.Tensor:
         """ConvNeXt normalises only its pooled vector; the map goes through the same norm, so that dense
@@ -97,6 +98,21 @@ class Backbone(nn.Module):
             resized = pixel_values.shape[-1] != self.model.config.image_size
             return self.model(pixel_values=pixel_values, interpolate_pos_encoding=resized)
         return self.model(pixel_values=pixel_values)
+
+
+def first_stage_stride(config) -> int:
+    """The first stage's output stride, read from the config because stems differ: ResNet's stride-2 conv and
+    max-pool (4), RegNet's one stride-2 conv (2), ConvNeXt's patchify (patch_size); ResNet and RegNet halve
+    again in their first stage when `downsample_in_first_stage` is set. Each later stage halves."""
+    if config.model_type in ("convnext", "convnextv2"):
+        return config.patch_size
+    stems = {"resnet": 4, "regnet": 2}
+    if config.model_type not in stems:
+        raise ConfigError(
+            f"backbone {config.model_type!r}: its stage strides are unknown to fmkit (CNNs supported: resnet, "
+            "regnet, convnext, convnextv2)"
+        )
+    return stems[config.model_type] * (2 if getattr(config, "downsample_in_first_stage", False) else 1)
 
 
 def build_backbone(
@@ -122,7 +138,7 @@ def build_backbone(
     if image_size % backbone.stride:
         raise ConfigError(
             f"image_size {image_size} is not a multiple of the backbone's stride {backbone.stride} "
-            "(patch size for ViTs, 4 x 2^(stages-1) for CNNs)"
+            "(patch size for ViTs, the last stage's output stride for CNNs)"
         )
     return backbone
 
