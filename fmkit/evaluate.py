@@ -7,7 +7,9 @@ What MODEL's config.json says it is decides what is measured, each number beside
 * a CLIP model: zero-shot accuracy on the probe set's classes beside chance, and its image tower probed like a
   backbone;
 * a masked or causal language model: the MLM or CLM task's own held-out evaluation (loss, perplexity, masked-token
-  accuracy or the unigram loss), on the data the run used (its config.yaml) or the embedded corpus.
+  accuracy or the unigram loss), on the data the run used (its config.yaml) or the embedded corpus;
+* a text or image classifier (what the fine-tune recipe exports): accuracy and macro-F1 on the test split of the
+  data the run used (its config.yaml) or the fine-tune demo's, beside always answering the majority class.
 
 The measurements are the training tasks' own (fmkit.eval.representation, fmkit.eval.retrieval, the text tasks'
 `evaluate`), so a number here compares with the same number logged while training.
@@ -23,11 +25,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
 from transformers import AutoConfig, AutoImageProcessor, PretrainedConfig
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+)
 
 from fmkit.config import NON_NEGATIVE, POSITIVE, TrainConfig, check_ranges, parse_config, ranged
 from fmkit.data.image_array import PIL_MAX_PIXELS
@@ -47,12 +55,15 @@ from fmkit.models.backbone import (
 logger = logging.getLogger(__name__)
 
 PROG = "evaluate.py"
-VISION_BACKBONE_TYPES = ("resnet", "convnext", "convnextv2", "vit", "deit", "dinov2")
+VISION_BACKBONE_TYPES = ("resnet", "regnet", "convnext", "convnextv2", "vit", "deit", "dinov2")
 """Model types fmkit.models.backbone turns into one feature vector per image."""
 KINDS = (
     f"a vision backbone (model_type {', '.join(VISION_BACKBONE_TYPES)}), a CLIP model (CLIPModel) or a "
-    "language model (*ForMaskedLM, *ForCausalLM)"
+    "language model (*ForMaskedLM, *ForCausalLM) or a classifier (*ForSequenceClassification, *ForImageClassification)"
 )
+CLASSIFIER_KINDS = {"text-classification": MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+                    "image-classification": MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES}  # fmt: skip
+"""The fine-tune task that scores each kind of classifier, by the architectures its config.json names."""
 RUN_CONFIG = "config.yaml"
 """What an fmkit output folder keeps of the run: its data, seed and probe settings are evaluate's defaults."""
 
@@ -136,6 +147,9 @@ def read_model_config(model: str) -> PretrainedConfig:
 
 def model_kind(model: str, config: PretrainedConfig) -> str:
     architectures = config.architectures or []
+    for kind, names in CLASSIFIER_KINDS.items():  # before the backbones: a ResNet classifier is model_type resnet
+        if set(architectures) & set(names.values()):
+            return kind
     if config.model_type == "clip":
         return "clip"
     if config.model_type in VISION_BACKBONE_TYPES:
@@ -164,6 +178,8 @@ def evaluate(config: EvaluateConfig, accelerator: Accelerator) -> Evaluation:
         return evaluate_backbone(config, model_config.model_type, settings, accelerator)
     if kind == "clip":
         return evaluate_clip(config, settings, accelerator)
+    if kind in CLASSIFIER_KINDS:
+        return evaluate_classifier(config, kind, model_config, accelerator)
     return evaluate_language_model(config, kind, model_config, accelerator)
 
 
@@ -233,7 +249,7 @@ def evaluate_language_model(
 
     task_class = get_task(kind)
     run_yaml = Path(config.model).expanduser() / RUN_CONFIG
-    run = parse_config(task_class.config_class, ["--config", str(run_yaml)] if run_yaml.is_file() else [], prog=PROG)
+    run = run_task_config(task_class, config.model)
     overrides = {"model_name_or_path": config.model, "tokenizer_name_or_path": config.model, "model_config": {},
                  "per_device_batch_size": config.batch_size, "eval_batches": config.eval_batches}  # fmt: skip
     if not run_yaml.is_file():
@@ -257,6 +273,48 @@ def evaluate_language_model(
         metrics["eval_perplexity_unigram"] = math.exp(min(metrics["eval_loss_unigram"], 50.0))
     held_out = f"; held out: {config.eval_files}" if config.eval_files else ""
     return Evaluation(f"{kind.upper()} language model", metrics, task.data_description + held_out)
+
+
+# -- classifiers ----------------------------------------------------------------------------------------------
+def evaluate_classifier(config: EvaluateConfig, kind: str, model_config: PretrainedConfig, accelerator) -> Evaluation:
+    """The fine-tune task's test split, set up as the run set it up (its data, validation split and label
+    fraction, so the majority class is the run's), scored with the saved classifier as it is."""
+    from fmkit.eval.classification import classification_metrics
+    from fmkit.tasks import get_task
+
+    task_class = get_task(kind)
+    run = run_task_config(task_class, config.model)
+    overrides = {"model_name_or_path": config.model, "model_config": {}, "adapter": "full", "from_scratch": False,
+                 "compare_scratch": False, "label_fractions": None, "do_predict": None,
+                 "per_device_batch_size": config.batch_size, "eval_batches": config.eval_batches}  # fmt: skip
+    task = task_class(dataclasses.replace(run, **overrides))
+    model = task.setup(accelerator).to(accelerator.device).eval()
+    to_data_class = head_to_data_classes(config.model, model_config, task.class_names)
+    with torch.no_grad():
+        predicted, labels = task.predictions(model, task.test, accelerator)
+    metrics = classification_metrics(to_data_class[predicted], labels, len(task.class_names), task.majority_class,
+                                     "test")  # fmt: skip
+    return Evaluation(f"{kind} model", {**metrics, **task.baselines["test"]}, task.data_description)
+
+
+def head_to_data_classes(model: str, model_config: PretrainedConfig, class_names: list[str]) -> np.ndarray:
+    """The data's class id of each of the head's outputs, matched by the label names config.json saved (in
+    whatever order the model was trained with); unnamed labels (LABEL_0, ...) are taken in the data's order."""
+    names = [model_config.id2label[i] for i in range(len(model_config.id2label))]
+    if names == [f"LABEL_{i}" for i in range(len(names))] and len(names) == len(class_names):
+        return np.arange(len(names))
+    unknown = sorted(set(names) - set(class_names))
+    if unknown or len(names) != len(class_names):
+        raise ConfigError(
+            f"{model}: its labels {names} are not the data's classes {class_names}; give the data it was trained on"
+        )
+    return np.array([class_names.index(name) for name in names])
+
+
+def run_task_config(task_class, model: str):
+    """The task's config as the run that saved MODEL resolved it (its config.yaml), else the task's defaults."""
+    run_yaml = Path(model).expanduser() / RUN_CONFIG
+    return parse_config(task_class.config_class, ["--config", str(run_yaml)] if run_yaml.is_file() else [], prog=PROG)
 
 
 def load_part(load, model: str, what: str):

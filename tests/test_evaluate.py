@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from conftest import RECIPES, read_metrics, reset_accelerate, run_recipe
-from transformers import ResNetConfig
+from transformers import PretrainedConfig, ResNetConfig
 
 from fmkit.cli import preset_path
-from fmkit.evaluate import main
+from fmkit.errors import ConfigError
+from fmkit.evaluate import head_to_data_classes, main
 from fmkit.tasks import selector
 
 CONFIGS = RECIPES / "configs"
@@ -119,3 +120,13 @@ def test_bad_model_is_one_line_and_exit_status_2(model, expected, tmp_path, caps
     assert len(lines) == 1 and expected in lines[0], err
     if "speech" in model:
         assert "vision backbone" in lines[0] and "ForMaskedLM" in lines[0] and "CLIPModel" in lines[0]
+
+
+def test_a_classifiers_outputs_map_to_the_datas_classes_by_their_saved_names():
+    """A classifier trained with its labels in another order is scored by name, not by position."""
+    named = PretrainedConfig(id2label={0: "numpy", 1: "stdlib", 2: "pandas"})
+    assert head_to_data_classes("m", named, ["pandas", "numpy", "stdlib"]).tolist() == [1, 2, 0]
+    unnamed = PretrainedConfig(num_labels=3)
+    assert head_to_data_classes("m", unnamed, ["pandas", "numpy", "stdlib"]).tolist() == [0, 1, 2]
+    with pytest.raises(ConfigError, match=r"m: its labels \['numpy', 'stdlib', 'pandas'\] are not the data's"):
+        head_to_data_classes("m", named, ["numpy", "stdlib", "pip"])

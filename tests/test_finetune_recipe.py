@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RECIPES, assert_one_line_error, read_metrics, run_recipe, train_losses
+from conftest import RECIPES, assert_one_line_error, read_metrics, reset_accelerate, run_recipe, train_losses
 from safetensors.torch import load_file
 
 from fmkit.cli import preset_path
 from fmkit.data.corpus import python_docs_corpus
+from fmkit.evaluate import main as evaluate_main
 from fmkit.tasks.finetune.text import library_of
 
 CONFIGS = RECIPES / "configs"
@@ -108,8 +109,8 @@ print(json.dumps(report))
 
 def test_exports_reproduce_the_logged_test_accuracy_in_a_fresh_process(tmp_path, mlm_model, labelled_files, backbone):
     """LoRA on text (merged at the root, adapter in adapter/, gradient checkpointing on) and a linear probe on
-    images: plain `pipeline(...)` on the test split gives the accuracy the run logged, and the merged model's
-    outputs are the adapter's on its base model."""
+    images: plain `pipeline(...)` on the test split gives the accuracy the run logged, as does recipes/evaluate.py,
+    and the merged model's outputs are the adapter's on its base model."""
     text_run, image_run = tmp_path / "text", tmp_path / "image"
     unlabelled = tmp_path / "unlabelled.txt"
     rows = [json.loads(line) for line in labelled_files["test"].read_text().splitlines()]
@@ -142,6 +143,14 @@ def test_exports_reproduce_the_logged_test_accuracy_in_a_fresh_process(tmp_path,
     predictions = [json.loads(line) for line in (text_run / "predictions.jsonl").read_text().splitlines()]
     assert [p["input"] for p in predictions] == unlabelled.read_text().splitlines()
     assert all(p["label"] in {"stdlib", "pandas", "numpy", "pip"} and 0 < p["score"] <= 1 for p in predictions)
+    for run in (text_run, image_run):  # recipes/evaluate.py scores the export on the run's own test split
+        try:
+            assert evaluate_main([str(run), "--output_json", str(tmp_path / f"{run.name}.json")]) == 0
+        finally:
+            reset_accelerate()
+        scored = json.loads((tmp_path / f"{run.name}.json").read_text())["metrics"]
+        for name in ("test_accuracy", "test_macro_f1", "test_accuracy_majority"):
+            assert scored[name] == pytest.approx(final(run)[name], abs=1e-9), (run.name, name)
 
 
 def test_the_linear_probe_leaves_every_backbone_weight_and_batchnorm_statistic_as_pretrained(tmp_path, backbone):

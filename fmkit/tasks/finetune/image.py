@@ -120,8 +120,10 @@ class ImageClassification(ClassificationTask):
         self.pixels = ProbePixels(image_size, mean, std, lightness)
 
     def fixed_baselines(self, accelerator) -> dict[str, dict[str, float]]:
-        """For a CLIP model: its own zero-shot accuracy (class names as prompts), which the fine-tune must beat."""
-        if self.model_type != "clip" or self.config.from_scratch:
+        """For a CLIP model: its own zero-shot accuracy (class names as prompts), which the fine-tune must beat.
+        Only a whole CLIPModel has the text tower for it; a CLIP classifier, already fine-tuned, has none."""
+        path = self.config.model_name_or_path
+        if self.config.from_scratch or "CLIPModel" not in (AutoConfig.from_pretrained(path).architectures or []):
             return super().fixed_baselines(accelerator)
         from transformers import AutoTokenizer, CLIPModel
 
@@ -130,7 +132,6 @@ class ImageClassification(ClassificationTask):
         from fmkit.models.clip import HFClip
         from fmkit.tasks.clip import Tokenize
 
-        path = self.config.model_name_or_path
         clip = CLIPModel.from_pretrained(path)
         model = HFClip(clip, getattr(clip.config, "logit_bias", None)).to(accelerator.device).eval()
         tokenize = Tokenize(AutoTokenizer.from_pretrained(path), model.context_length)
