@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ROWS = {
     "text-full": ["--task", "text-classification"],
-    "text-lora": ["--task", "text-classification", "--adapter", "lora", "--learning_rate", "5e-3",
+    "text-lora": ["--task", "text-classification", "--adapter", "lora", "--learning_rate", "2e-3",
                   "--compare_scratch", "false"],
     "text-linear": ["--task", "text-classification", "--adapter", "linear", "--compare_scratch", "false"],
     "image-rotation": ["--task", "image-classification"],

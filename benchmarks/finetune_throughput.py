@@ -97,8 +97,9 @@ def run_fmkit(args: argparse.Namespace, files: dict[str, Path], adapter: str) ->
             "--test_files", str(files["test"]), "--text_column", "text", "--label_column", "label",
             "--adapter", adapter, "--compare_scratch", "false", "--max_seq_length", str(args.seq_len),
             "--per_device_batch_size", str(args.batch_size), "--max_steps", str(total),
-            "--learning_rate", str(args.learning_rate), "--lr_scheduler", "linear", "--warmup_steps", "0",
-            "--weight_decay", WEIGHT_DECAY, "--max_grad_norm", "1.0", "--cpu_threads", str(args.threads),
+            "--learning_rate", str(args.learning_rate), "--head_lr_multiplier", "1", "--lr_scheduler", "linear",
+            "--warmup_steps", "0", "--weight_decay", WEIGHT_DECAY, "--max_grad_norm", "1.0",
+            "--cpu_threads", str(args.threads),
             "--log_every", "1", "--eval_every", "0", "--save_every", "0", "--report_to", "none",
             "--mixed_precision", "no", "--num_workers", "0",
         ]  # fmt: skip

@@ -2,7 +2,7 @@
 reproduce the logged accuracy, the scratch comparison and label sweep, exact resume, and one-line errors.
 
 The models adapted here are tiny debug runs of the MLM, CLM and rotation recipes (seconds); that pretraining
-helps (the demo beats scratch) is measured over seeds in benchmarks/finetune_demo.py, not here.
+helps (the demo beats scratch) is measured over seeds in benchmarks/finetune_seeds.py, not here.
 """
 
 from __future__ import annotations
