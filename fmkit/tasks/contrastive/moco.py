@@ -11,9 +11,11 @@ several processes, each process's queries and keys would be normalised by statis
 signal of which key is the positive that the model can learn instead of the images. So in training the key
 encoder runs on a shuffled global batch: every process's key images are gathered, one permutation (the same on
 every process) deals them out, each process encodes its slice, and the keys are gathered back into their
-images' order. Queries are untouched. It changes nothing, and is skipped, with one process (a single batch
-holds every image, so there is nothing to shuffle across) or without BatchNorm (LayerNorm backbones such as
-ConvNeXt and ViT have no batch statistics).
+images' order. Queries stay where they are. One process has the same leak (the queue's keys were normalised
+in other batches than the positive), but one batch leaves nothing to shuffle across: `--bn_batch_size G` cuts
+each process's batch into BatchNorm batches of G views, queries and keys alike, as on several devices (the
+SplitBatchNorm of MoCo's CIFAR demo), and shuffle-BN deals the keys across them. Without BatchNorm (LayerNorm
+backbones such as ConvNeXt and ViT have no batch statistics) shuffle-BN is skipped.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmkit.config import POSITIVE, Range, ranged
+from fmkit.config import NON_NEGATIVE, POSITIVE, Range, ranged
 from fmkit.errors import ConfigError
 from fmkit.losses.gather import gather_with_grad, world_size
 from fmkit.losses.infonce import info_nce_loss
@@ -55,8 +57,12 @@ class MoCoConfig(MomentumConfig):
     export_encoder: Literal["online", "momentum"] = "online"
     """Which backbone the export holds: the trained (query) encoder, or its momentum copy (the key encoder)."""
     shuffle_bn: bool = True
-    """Shuffle-BN: with BatchNorm and several processes, encode the keys of a random slice of the global batch (see
-    the module doc); a no-op with one process or without BatchNorm."""
+    """Shuffle-BN: with BatchNorm, encode each key in another BatchNorm batch than its query's (see the module
+    doc); a no-op with one BatchNorm batch in one process, or without BatchNorm."""
+    bn_batch_size: int = ranged(0, NON_NEGATIVE)
+    """Ghost batches: in training, queries and keys are normalised in BatchNorm batches of this many views, as on
+    devices of this batch each (the SplitBatchNorm of MoCo's CIFAR demo), so that shuffle-BN has batches to deal
+    the keys into with one process; 0, or no fewer than a forward's views, is one BatchNorm batch per process."""
 
 
 def key_permutation(seed: int, step: int, rows: int) -> torch.Tensor:
@@ -78,6 +84,11 @@ def shuffled_batch_forward(
     return encoded[permutation.argsort()[mine]]  # global row i was encoded at position argsort()[i]
 
 
+def ghost_batch_forward(encode: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, size: int) -> torch.Tensor:
+    """encode() of `rows` in consecutive slices of `size` rows, each its own BatchNorm batch (0: all in one)."""
+    return torch.cat([encode(part) for part in rows.split(size)]) if 0 < size < len(rows) else encode(rows)
+
+
 @register_task
 class MoCo(MomentumTask):
     name = "moco"
@@ -91,6 +102,12 @@ class MoCo(MomentumTask):
 
     def setup(self, accelerator) -> nn.Module:
         config = self.config
+        batch, ghost = config.per_device_batch_size, config.bn_batch_size
+        if 0 < ghost < batch and batch % ghost:
+            raise ConfigError(
+                f"bn_batch_size {ghost} does not divide per_device_batch_size {batch}: "
+                "every BatchNorm batch holds as many views"
+            )
         if config.moco_version == 2:
             per_step = config.per_device_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
             if config.queue_size % per_step:
@@ -132,13 +149,14 @@ class MoCo(MomentumTask):
         config, images = self.config, views.shape[0]
         if config.moco_version == 3:
             both = views.transpose(0, 1).flatten(0, 1)  # both views in one forward
-            queries, keys = model(both).float(), self.key_projections(model, both)
+            queries = ghost_batch_forward(model, both, self.bn_batch_size(model)).float()
+            keys = self.key_projections(model, both)
             all_first, offset = gather_with_grad(keys[:images])
             all_second, _ = gather_with_grad(keys[images:])
             first = info_nce_loss(queries[:images], all_second, config.temperature, offset=offset, reduction="sum")
             return first + info_nce_loss(queries[images:], all_first, config.temperature, offset=offset,
                                          reduction="sum")  # fmt: skip
-        queries = model(views[:, 0]).float()
+        queries = ghost_batch_forward(model, views[:, 0], self.bn_batch_size(model)).float()
         keys = F.normalize(self.key_projections(model, views[:, 1]), dim=1)
         loss = info_nce_loss(queries, keys, config.temperature, negatives=self.queue, in_batch_negatives=False,
                              reduction="sum")  # fmt: skip
@@ -149,13 +167,19 @@ class MoCo(MomentumTask):
         return loss
 
     def key_projections(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """The momentum encoder's projections; in training, shuffled across processes where that matters."""
-        processes = world_size()
-        shuffled = model.training and self.config.shuffle_bn and processes > 1
+        """The momentum encoder's projections; in training, shuffled across processes and ghost batches where that
+        matters."""
+        processes, size = world_size(), self.bn_batch_size(model)
+        encode = partial(ghost_batch_forward, partial(self.momentum_projections, model), size=size)
+        shuffled = model.training and self.config.shuffle_bn and (processes > 1 or 0 < size < len(images))
         if not shuffled or not batch_norm_layers(self.momentum_encoder):
-            return self.momentum_projections(model, images)
+            return encode(images)
         permutation = key_permutation(self.config.seed, self.step, len(images) * processes)
-        return shuffled_batch_forward(partial(self.momentum_projections, model), images, permutation)
+        return shuffled_batch_forward(encode, images, permutation)
+
+    def bn_batch_size(self, model: nn.Module) -> int:
+        """Views per BatchNorm batch: bn_batch_size in training; evaluation uses the running statistics."""
+        return self.config.bn_batch_size if model.training else 0
 
     def after_step(self, model: nn.Module, stage: str = MAIN_STAGE) -> None:
         super().after_step(model, stage)
