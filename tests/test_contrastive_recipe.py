@@ -42,6 +42,7 @@ from fmkit.data.fashion_mnist import INSTALL_HINT, fashion_mnist_installed
 from fmkit.data.loader import TRAIN_STREAM, Sharding
 from fmkit.errors import ConfigError
 from fmkit.losses.infonce import nt_xent_loss
+from fmkit.models.batch_norm import ghost_batch_norm
 from fmkit.tasks import get_task
 from fmkit.tasks.contrastive.common import OnlineNetwork
 from fmkit.tasks.contrastive.deepcluster import balanced_draw, cluster_features, reinitialise_head
@@ -243,6 +244,29 @@ def test_moco_ghost_batches_normalise_queries_in_slices_and_deal_keys_into_other
     task.after_step(model)
     torch.testing.assert_close(task.queue[:4], keys, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(keys, one_batch, atol=1e-3)  # the slices' statistics are not the batch's
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_ghost_batch_norm_is_one_plain_forward_per_slice_with_the_whole_batch_elsewhere(momentum):
+    """Outputs, gradients and running statistics (momentum, and None's running average) of a conv-BN-pool-BN stack
+    under ghost_batch_norm equal those of a copy run slice by slice; afterwards the layers are plain again."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=momentum), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.BatchNorm1d(4, momentum=momentum))  # fmt: skip
+    sliced = copy.deepcopy(net)
+    rows = torch.randn(12, 3, 6, 6)
+    for _ in range(2):  # the second step starts from the first's running statistics
+        with ghost_batch_norm(net, 4):
+            out = net(rows)
+        expected = torch.cat([sliced(part) for part in rows.split(4)])
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        out.square().sum().backward()
+        expected.square().sum().backward()
+    for (name, got), (_, want) in zip(net.state_dict().items(), sliced.state_dict().items(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+    for got, want in zip(net.parameters(), sliced.parameters(), strict=True):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(net(rows), expected, atol=1e-3)  # outside the context: one batch of 12
 
 
 def test_moco_v3_loss_is_symmetric_with_the_batchs_other_keys_as_negatives():

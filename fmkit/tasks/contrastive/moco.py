@@ -36,7 +36,7 @@ from fmkit.errors import ConfigError
 from fmkit.losses.gather import gather_with_grad, world_size
 from fmkit.losses.infonce import info_nce_loss
 from fmkit.models.backbone import Backbone
-from fmkit.models.batch_norm import batch_norm_layers
+from fmkit.models.batch_norm import batch_norm_layers, ghost_batch_norm
 from fmkit.tasks import register_task
 from fmkit.tasks.base import MAIN_STAGE, BatchCount
 from fmkit.tasks.contrastive.momentum import MomentumConfig, MomentumTask, OnlineNetwork
@@ -60,8 +60,8 @@ class MoCoConfig(MomentumConfig):
     """Shuffle-BN: with BatchNorm, encode each key in another BatchNorm batch than its query's (see the module
     doc); a no-op with one BatchNorm batch in one process, or without BatchNorm."""
     bn_batch_size: int = ranged(0, NON_NEGATIVE)
-    """Ghost batches: in training, queries and keys are normalised in BatchNorm batches of this many views, as on
-    devices of this batch each (the SplitBatchNorm of MoCo's CIFAR demo), so that shuffle-BN has batches to deal
+    """Ghost batches: in training, queries and keys are normalised in BatchNorm batches of this many views, as if
+    each were one device's batch (the SplitBatchNorm of MoCo's CIFAR demo), so that shuffle-BN has batches to deal
     the keys into with one process; 0, or no fewer than a forward's views, is one BatchNorm batch per process."""
 
 
@@ -82,11 +82,6 @@ def shuffled_batch_forward(
     mine = slice(offset, offset + len(rows))
     encoded, _ = gather_with_grad(encode(everyone[permutation[mine]]))
     return encoded[permutation.argsort()[mine]]  # global row i was encoded at position argsort()[i]
-
-
-def ghost_batch_forward(encode: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, size: int) -> torch.Tensor:
-    """encode() of `rows` in consecutive slices of `size` rows, each its own BatchNorm batch (0: all in one)."""
-    return torch.cat([encode(part) for part in rows.split(size)]) if 0 < size < len(rows) else encode(rows)
 
 
 @register_task
@@ -149,14 +144,16 @@ class MoCo(MomentumTask):
         config, images = self.config, views.shape[0]
         if config.moco_version == 3:
             both = views.transpose(0, 1).flatten(0, 1)  # both views in one forward
-            queries = ghost_batch_forward(model, both, self.bn_batch_size(model)).float()
+            with ghost_batch_norm(model, self.bn_batch_size(model)):
+                queries = model(both).float()
             keys = self.key_projections(model, both)
             all_first, offset = gather_with_grad(keys[:images])
             all_second, _ = gather_with_grad(keys[images:])
             first = info_nce_loss(queries[:images], all_second, config.temperature, offset=offset, reduction="sum")
             return first + info_nce_loss(queries[images:], all_first, config.temperature, offset=offset,
                                          reduction="sum")  # fmt: skip
-        queries = ghost_batch_forward(model, views[:, 0], self.bn_batch_size(model)).float()
+        with ghost_batch_norm(model, self.bn_batch_size(model)):
+            queries = model(views[:, 0]).float()
         keys = F.normalize(self.key_projections(model, views[:, 1]), dim=1)
         loss = info_nce_loss(queries, keys, config.temperature, negatives=self.queue, in_batch_negatives=False,
                              reduction="sum")  # fmt: skip
@@ -170,12 +167,12 @@ class MoCo(MomentumTask):
         """The momentum encoder's projections; in training, shuffled across processes and ghost batches where that
         matters."""
         processes, size = world_size(), self.bn_batch_size(model)
-        encode = partial(ghost_batch_forward, partial(self.momentum_projections, model), size=size)
         shuffled = model.training and self.config.shuffle_bn and (processes > 1 or 0 < size < len(images))
-        if not shuffled or not batch_norm_layers(self.momentum_encoder):
-            return encode(images)
-        permutation = key_permutation(self.config.seed, self.step, len(images) * processes)
-        return shuffled_batch_forward(encode, images, permutation)
+        with ghost_batch_norm(self.momentum_encoder, size):
+            if not shuffled or not batch_norm_layers(self.momentum_encoder):
+                return self.momentum_projections(model, images)
+            permutation = key_permutation(self.config.seed, self.step, len(images) * processes)
+            return shuffled_batch_forward(partial(self.momentum_projections, model), images, permutation)
 
     def bn_batch_size(self, model: nn.Module) -> int:
         """Views per BatchNorm batch: bn_batch_size in training; evaluation uses the running statistics."""
