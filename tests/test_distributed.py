@@ -145,6 +145,7 @@ def two_processes(tmp_path_factory, text_files, initial_model, initial_backbone,
             "cmc": TwoProcessRun("contrastive.py", pretext_args("cmc", None, 8)),
             "moco-shuffle-bn": TwoProcessRun("contrastive.py", SHUFFLE_BN),
             "moco-no-shuffle-bn": TwoProcessRun("contrastive.py", [*SHUFFLE_BN, "--shuffle_bn", "false"]),
+            "moco-ghost-batches": TwoProcessRun("contrastive.py", [*SHUFFLE_BN, "--bn_batch_size", "4"]),
             "clm": TwoProcessRun("clm.py", [*clm_args(text_files), "--per_device_batch_size", "8"]),
             "clip": TwoProcessRun("clip.py", contrastive_args("clip", per_device=8, accumulation=1)),
             "finetune-lora": TwoProcessRun("finetune.py", finetune_args(labelled_texts, initial_model, 8, "lora")),
@@ -313,10 +314,14 @@ def assert_same_clustering_on_every_rank_as_on_one(one: Path, two: Path) -> None
             assert (ranks[0]["assignments"] == reference["assignments"]).float().mean() >= 0.98
 
 
-SHUFFLE_BN = [*pretext_args("moco", None, 8, steps=1), "--save_every", "1", "--backbone_type", "resnet",
-              "--backbone_config", json.dumps({"embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1],
-                                               "layer_type": "basic"})]  # fmt: skip
-"""One MoCo v2 step on a BatchNorm ResNet, checkpointed: the queue then holds the first step's 16 keys."""
+def shuffle_bn_args(out: Path | None, per_device_batch: int) -> list[str]:
+    """One MoCo v2 step on a BatchNorm ResNet, checkpointed: the queue then holds the first step's 16 keys."""
+    return [*pretext_args("moco", out, per_device_batch, steps=1), "--save_every", "1", "--backbone_type", "resnet",
+            "--backbone_config", json.dumps({"embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1],
+                                             "layer_type": "basic"})]  # fmt: skip
+
+
+SHUFFLE_BN = shuffle_bn_args(None, 8)
 
 
 def test_moco_shuffle_bn_encodes_keys_in_a_shuffled_global_batch(two_processes):
@@ -342,6 +347,21 @@ def test_moco_shuffle_bn_encodes_keys_in_a_shuffled_global_batch(two_processes):
         torch.testing.assert_close(queues[0][:16], keys, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(queues[1][:16], per_process, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(keys, per_process, atol=1e-3)  # the shuffle changed the batch statistics
+
+
+def test_moco_ghost_batches_with_shuffle_bn_on_two_processes_match_one_process(tmp_path, two_processes):
+    """BatchNorm batches of 4 views: two processes x 8 images hold the same four query batches as one process x 16,
+    and the step's permutation deals the keys into the same four key batches, across the processes or not."""
+    one = tmp_path / "one"
+    run([*shuffle_bn_args(one, 16), "--bn_batch_size", "4"], recipe="contrastive.py")
+    two, _ = two_processes("ddp.yaml", "moco-ghost-batches")
+    plain, _ = two_processes("ddp.yaml", "moco-shuffle-bn")
+    reference = task_state(one, 1, 0)["queue"][:16]
+    for rank in (0, 1):
+        torch.testing.assert_close(task_state(two, 1, rank)["queue"][:16], reference, rtol=1e-4, atol=1e-5)
+    assert step_metric(two, "loss")[1] == pytest.approx(step_metric(one, "loss")[1], rel=1e-5)
+    # Batches of 4 are other statistics than each process's 8.
+    assert not torch.allclose(task_state(plain, 1, 0)["queue"][:16], reference, atol=1e-3)
 
 
 def test_cmc_trains_under_zero3_and_exports_its_whole_l_encoder(two_processes):
