@@ -56,6 +56,9 @@ class MomentumConfig(ContrastiveConfig):
     0.996 / 0.99 for ImageNet runs; 0.99 suits small data and short runs)."""
     predictor_hidden: int = ranged(512, Range(1))
     """Width of the predictor's hidden layer (BYOL, MoCo v3)."""
+    predictor_lr_multiplier: float = ranged(1.0, Range(0, low_open=True))
+    """The predictor's learning rate over the rest's (BYOL, MoCo v3): a faster predictor tracks the optimal one
+    for the current encoder, which is what keeps a method without negatives from collapsing (Tian et al. 2021)."""
     head_batch_norm: bool = False
     """BatchNorm in the hidden layer of the projector and predictor, as BYOL and MoCo v3 have it (its statistics
     are per process under DDP, as a BatchNorm backbone's are)."""
@@ -87,6 +90,9 @@ class MomentumTask(ContrastiveTask):
     def after_step(self, model: nn.Module, stage: str = MAIN_STAGE) -> None:
         momentum = cosine_momentum(self.step, self.config.max_steps, self.config.momentum_start)
         ema_update(self.momentum_encoder, self.online, momentum)
+
+    def lr_multiplier(self, parameter_name: str, stage: str = MAIN_STAGE) -> float:
+        return self.config.predictor_lr_multiplier if parameter_name.startswith("predictor.") else 1.0
 
     def state_dict(self) -> dict:
         return {"momentum_encoder": self.momentum_encoder.state_dict()}
