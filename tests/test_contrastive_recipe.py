@@ -750,6 +750,7 @@ def assert_fine_tuned_l_encoder_classifies_rgb_images_in_a_fresh_process(cmc_run
         ("moco", ["--momentum_start", "1"], "momentum_start"),
         ("moco", ["--export_encoder", "key"], "export_encoder"),
         ("moco", ["--bn_batch_size", "3"], "bn_batch_size 3 does not divide per_device_batch_size 8"),
+        ("moco", ["--predictor_lr_multiplier", "10"], "predictor_lr_multiplier 10.0: MoCo v2 has no predictor"),
         ("npid", ["--bank_images", "2000"],
          "bank_images 2000: 1,023 crops of 18 photographs bundled with scikit-image and scikit-learn at 36x36 leave "
          "only 1007 training images after heldout_images 16"),

@@ -347,6 +347,7 @@ def test_trains_on_other_image_sources(tmp_path, images, write):
         (["--task", "mim", "--backbone_type", "resnet"], "feature_pooling 'patch_mean' does not apply to a CNN"),
         (["--train_images", "/no/such/dir"], "/no/such/dir: no such file or folder"),
         (["--stored_size", "16", "--image_size", "32"], "stored_size 16 is smaller than image_size 32"),
+        (["--task", "colorization", "--rebalance", "0"], "rebalance 0.0: expected a value in (0, 1]"),
     ],
 )
 def test_bad_input_is_one_line_error(tmp_path, images, args, expected):

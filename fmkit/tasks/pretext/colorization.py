@@ -46,7 +46,7 @@ class ColorizationConfig(PretextConfig):
 
     colorization_loss: Literal["classification", "regression"] = "classification"
     """classification: ab bins with rebalanced cross-entropy (Zhang et al.); regression: L2 on ab."""
-    rebalance: float = ranged(0.5, Range(0, 1))
+    rebalance: float = ranged(0.5, Range(0, 1, low_open=True))
     """Share of the uniform distribution in the rebalancing weights (Zhang et al.'s lambda); 1 = no rebalancing."""
 
 
