@@ -103,12 +103,12 @@ class MoCo(MomentumTask):
                 f"bn_batch_size {ghost} does not divide per_device_batch_size {batch}: "
                 "every BatchNorm batch holds as many views"
             )
-        if config.moco_version == 2 and config.predictor_lr_multiplier != 1:
-            raise ConfigError(
-                f"predictor_lr_multiplier {config.predictor_lr_multiplier}: MoCo v2 has no predictor "
-                "(it is MoCo v3's and BYOL's; add --moco_version 3)"
-            )
         if config.moco_version == 2:
+            if config.predictor_lr_multiplier != 1:
+                raise ConfigError(
+                    f"predictor_lr_multiplier {config.predictor_lr_multiplier}: MoCo v2 has no predictor "
+                    "(it is MoCo v3's and BYOL's; add --moco_version 3)"
+                )
             per_step = config.per_device_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
             if config.queue_size % per_step:
                 raise ConfigError(
