@@ -371,7 +371,8 @@ LEARNING_RUNS = {
     # Random squares: kNN +5.4 / +8.1, PSNR +4.7 / +5.0 dB for seeds 42 / 1 on 1 thread (linear -0.2 / +1.6); without
     # the adversarial loss (the demo since 2026-12-03), seed 42 on 2 threads: kNN +4.4, linear +2.6, PSNR +4.6 dB.
     "inpainting": (["--max_steps", "200"], {KNN: 0.02, "eval_psnr": 3.0}),
-    # kNN +4.0 / +13.2, linear +2.8 / +2.6, PSNR over bicubic +1.84 / +1.93 dB for seeds 42 / 1 on 1 thread.
+    # With the adversarial loss (the demo since 2026-12-06): kNN +5.5 / +16.9 / +6.0, linear +3.9 / +2.6 / +3.9,
+    # PSNR over bicubic +1.52 / +1.68 / +1.59 dB for seeds 42 / 1 / 2 on 1 thread (L1 alone: +1.84 / +1.93 dB, 42 / 1).
     "superres": (["--max_steps", "300"], {KNN: 0.02, LINEAR: 0.01, "eval_psnr": 1.0}),
     # A ViT of half the demo's width and two thirds of its depth: in 200 steps kNN +8.7 / +5.7 and linear
     # +3.8 / +5.2 for seeds 42 / 1 on 1 thread, in half the time (the demo's ViT: +5.0 / -2.3).

@@ -99,7 +99,7 @@ class ImageToImagePretext(PretextTask):
         return Supports(
             deepspeed=False,
             why="adversarial_weight > 0 trains a discriminator in a second stage, and DeepSpeed runs one engine per "
-            "model; use DDP (or FSDP on GPUs)",
+            "model; use DDP (or FSDP on GPUs), or --adversarial_weight 0",
         )
 
     def extra_models(self) -> dict[str, nn.Module]:
